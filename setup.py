@@ -1,0 +1,53 @@
+"""Packaging for the loopback_traffic Agent check.
+
+The source lives in the top-level ``loopback_traffic/`` folder and is installed as
+``datadog_checks.loopback_traffic``, the name the Agent's loader, ``integration install``
+and the config models expect.
+"""
+import os
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ABOUT = {}
+with open(os.path.join(HERE, 'loopback_traffic', '__about__.py')) as about_file:
+    exec(about_file.read(), ABOUT)
+
+with open(os.path.join(HERE, 'README.md'), encoding='utf-8') as readme:
+    LONG_DESCRIPTION = readme.read()
+
+PACKAGE = 'datadog_checks.loopback_traffic'
+SUBPACKAGES = [
+    PACKAGE + '.' + name
+    for name in sorted(os.listdir(os.path.join(HERE, 'loopback_traffic')))
+    if os.path.isfile(os.path.join(HERE, 'loopback_traffic', name, '__init__.py'))
+]
+
+setup(
+    name='datadog-loopback_traffic',
+    version=ABOUT['__version__'],
+    description='Datadog Agent check: is loopback traffic handled as set_loopback_traffic requires?',
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type='text/markdown',
+    license='BSD-3-Clause',
+    python_requires='>=3.9',
+    packages=[PACKAGE] + SUBPACKAGES,
+    package_dir={PACKAGE: 'loopback_traffic'},
+    package_data={PACKAGE: ['data/*.example', 'data/examples/*']},
+    include_package_data=False,
+    install_requires=['datadog-checks-base[deps]>=38.5', 'pyyaml'],
+    extras_require={
+        'dev': [
+            'pytest',
+            'datadog-checks-dev',
+            'hypothesis',
+        ],
+    },
+    entry_points={'console_scripts': ['loopback-traffic = datadog_checks.loopback_traffic.cli:main']},
+    classifiers=[
+        'Development Status :: 4 - Beta',
+        'Operating System :: POSIX :: Linux',
+        'Programming Language :: Python :: 3',
+        'Private :: Do Not Upload',
+    ],
+)
