@@ -1,0 +1,536 @@
+"""Ruleset -> per-requirement results (spec sections 2 and 3). Pure: no I/O.
+
+Effective mode walks every chain on a packet class's netfilter path the way the kernel does. Each
+chain is summarised once, from its last rule to its first, so the work is linear in the number of
+rules whatever the jumps, gotos and RETURNs.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from .classify import ALL, NONE, Relation, classify
+from .model import Chain, Rule, Ruleset, Table, INCOMPATIBLE_TABLE
+from .parser import ParseError
+from .requirements import (
+    ACCEPT,
+    DENY,
+    INPUT_ACCEPT_LO,
+    INPUT_DROP_LOOPBACK_SOURCE,
+    LOOPBACK_INTERFACE,
+    QUEUE,
+    REQUIREMENTS,
+    ComplianceRule,
+    Hook,
+    PacketClass,
+    Requirement,
+)
+from .results import Deviation, Position, RequirementResult, RuleResult, Status
+
+EFFECTIVE = 'effective'
+LITERAL = 'literal'
+MODES = (EFFECTIVE, LITERAL)
+
+_VERDICT_TARGETS = {'ACCEPT': ACCEPT, 'DROP': DENY, 'REJECT': DENY, 'QUEUE': QUEUE, 'NFQUEUE': QUEUE}
+_POLICY_VERDICTS = {'ACCEPT': ACCEPT, 'DROP': DENY}
+_VERDICT_WORDS = {ACCEPT: 'accepted', DENY: 'dropped', QUEUE: 'queued to user space'}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A ruleset to evaluate, with the label messages use for it and the command that changes it."""
+
+    ruleset: Ruleset
+    command: str = 'iptables'
+    label: str = ''
+
+
+class Unevaluable(Exception):
+    """The ruleset cannot be evaluated (undeclared goto target, a loop of jumps, an incompatible table...)."""
+
+
+# --- effective mode: summarising a chain -------------------------------------------------------------
+
+# Deviations are collected in a shared tree (node = (deviation or None, left, right)) so that combining
+# the summaries of two rules costs O(1); the tree is flattened once per chain on the path.
+_Devs = Optional[tuple]
+
+
+def _join(left: _Devs, right: _Devs) -> _Devs:
+    if left is None:
+        return right
+    if right is None or left is right:
+        return left
+    return (None, left, right)
+
+
+def _add(devs: _Devs, deviation: Optional[Deviation]) -> _Devs:
+    return devs if deviation is None else (deviation, devs, None)
+
+
+def _flatten(devs: _Devs) -> Tuple[Deviation, ...]:
+    found: Dict[Position, Deviation] = {}
+    seen: Set[int] = set()
+    stack = [devs]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        deviation, left, right = node
+        if deviation is not None:
+            found.setdefault(deviation.where, deviation)
+        stack.append(right)
+        stack.append(left)
+    return tuple(sorted(found.values(), key=lambda d: (d.where.ruleset, d.where.table, d.where.chain, d.where.index or 0)))
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """What walking a chain from some rule on does to the packets that walk it.
+
+    ``verdict`` None: they fall off the end or RETURN (back to the caller); else the verdict the
+    bulk gets, decided at ``decided_by``. ``escapes``: part of the packets returns to the caller
+    while the bulk goes on. ``devs``: partial deviations met on the way.
+    """
+
+    verdict: Optional[str]
+    decided_by: Optional[Position]
+    escapes: bool
+    devs: _Devs
+
+
+_RETURNED = _Summary(None, None, False, None)
+
+
+class _ChainWalker:
+    """Summaries of the chains of one table for one packet class, each computed once."""
+
+    def __init__(self, table: Table, packets: PacketClass, required: str, label: str) -> None:
+        self.table = table
+        self.packets = packets
+        self.required = required
+        self.label = label
+        self.summaries: Dict[str, _Summary] = {}
+        self.relations: Dict[str, Tuple[Relation, ...]] = {}
+
+    def relations_of(self, chain: Chain) -> Tuple[Relation, ...]:
+        relations = self.relations.get(chain.name)
+        if relations is None:
+            relations = self.relations[chain.name] = tuple(classify(rule, self.packets) for rule in chain.rules)
+        return relations
+
+    def position(self, chain: Chain, index: int, rule: Rule) -> Position:
+        return Position(self.table.name, chain.name, index + 1, rule.text, self.label, rule.line)
+
+    def policy_position(self, chain: Chain) -> Position:
+        return Position(self.table.name, chain.name, None, 'policy ' + str(chain.policy), self.label, chain.line)
+
+    def deviation(self, verdict: Optional[str], where: Optional[Position]) -> Optional[Deviation]:
+        if verdict is None or verdict == self.required or where is None:
+            return None
+        return Deviation(where, verdict)
+
+    def called_chain(self, rule: Rule) -> Optional[Chain]:
+        target = rule.target
+        if target is None:
+            return None
+        chain = self.table.chain(target.name)
+        if chain is None:
+            if target.goto:
+                raise Unevaluable(
+                    '{}: -g {} goes to a chain that is not declared'.format(self._where(rule), target.name)
+                )
+            return None
+        if chain.is_builtin:
+            raise Unevaluable('{}: jumps to the built-in chain {}'.format(self._where(rule), target.name))
+        return chain
+
+    def _where(self, rule: Rule) -> str:
+        return '{} {} (line {})'.format(self.table.name, rule.chain, rule.line)
+
+    def summary(self, root: Chain) -> _Summary:
+        """Summarise ``root`` and, first, every chain it can send the class to (iterative DFS)."""
+        if root.name in self.summaries:
+            return self.summaries[root.name]
+        on_stack: Set[str] = {root.name}
+        stack: List[Tuple[Chain, List[Chain]]] = [(root, self._callees(root))]
+        while stack:
+            chain, pending = stack[-1]
+            if pending:
+                callee = pending.pop()
+                if callee.name in self.summaries:
+                    continue
+                if callee.name in on_stack:
+                    raise Unevaluable(
+                        'a loop of jumps: {} -> {}'.format(' -> '.join(c.name for c, _ in stack), callee.name)
+                    )
+                on_stack.add(callee.name)
+                stack.append((callee, self._callees(callee)))
+                continue
+            stack.pop()
+            on_stack.discard(chain.name)
+            self.summaries[chain.name] = self._summarise(chain)
+        return self.summaries[root.name]
+
+    def _callees(self, chain: Chain) -> List[Chain]:
+        callees = []
+        for rule, relation in zip(chain.rules, self.relations_of(chain)):
+            if relation is not NONE:
+                callee = self.called_chain(rule)
+                if callee is not None:
+                    callees.append(callee)
+        return callees
+
+    def _end(self, chain: Chain) -> _Summary:
+        if chain.is_builtin:
+            return _Summary(_POLICY_VERDICTS[str(chain.policy)], self.policy_position(chain), False, None)
+        return _RETURNED
+
+    def _summarise(self, chain: Chain) -> _Summary:
+        after = self._end(chain)
+        rules, relations = chain.rules, self.relations_of(chain)
+        for index in range(len(rules) - 1, -1, -1):
+            rule, relation = rules[index], relations[index]
+            if relation is NONE or rule.target is None:
+                continue
+            after = self._step(chain, index, rule, relation, after)
+        return after
+
+    def _step(self, chain: Chain, index: int, rule: Rule, relation: Relation, after: _Summary) -> _Summary:
+        """The summary from this rule on, given the summary from the next rule on (``after``)."""
+        target = rule.target
+        assert target is not None
+        callee = self.called_chain(rule)
+        if callee is not None:
+            return self._step_into(chain, relation, target.goto, self.summaries[callee.name], after)
+        here = self.position(chain, index, rule)
+        verdict = _VERDICT_TARGETS.get(target.name)
+        if verdict is not None:
+            if relation is ALL:
+                return _Summary(verdict, here, False, None)
+            return _Summary(after.verdict, after.decided_by, after.escapes, _add(after.devs, self.deviation(verdict, here)))
+        if target.name == 'RETURN':
+            return self._step_return(chain, relation, after)
+        return after  # LOG, MARK, CT, ...: evaluation continues with the next rule
+
+    def _step_return(self, chain: Chain, relation: Relation, after: _Summary) -> _Summary:
+        if chain.is_builtin:
+            policy = self._end(chain)
+            if relation is ALL:
+                return policy
+            deviation = self.deviation(policy.verdict, policy.decided_by)
+            return _Summary(after.verdict, after.decided_by, after.escapes, _add(after.devs, deviation))
+        if relation is ALL:
+            return _RETURNED
+        return _Summary(after.verdict, after.decided_by, True, after.devs)
+
+    def _leave(self, chain: Chain, devs: _Devs) -> Tuple[bool, _Devs]:
+        """Part of the packets leaves ``chain`` to its caller: for a built-in chain, they get its policy."""
+        if not chain.is_builtin:
+            return True, devs
+        policy = self._end(chain)
+        return False, _add(devs, self.deviation(policy.verdict, policy.decided_by))
+
+    def _step_into(self, chain: Chain, relation: Relation, goto: bool, called: _Summary, after: _Summary) -> _Summary:
+        if relation is ALL:
+            if goto:
+                escapes, devs = self._leave(chain, called.devs) if called.escapes else (False, called.devs)
+                if called.verdict is None:
+                    ended = self._end(chain)
+                    return _Summary(ended.verdict, ended.decided_by, escapes, devs)
+                return _Summary(called.verdict, called.decided_by, escapes, devs)
+            if called.verdict is None:
+                return _Summary(after.verdict, after.decided_by, after.escapes, _join(called.devs, after.devs))
+            if not called.escapes:
+                return called
+            # The bulk is decided in the called chain; the part that returned walks on after the jump.
+            devs = _add(_join(called.devs, after.devs), self.deviation(after.verdict, after.decided_by))
+            return _Summary(called.verdict, called.decided_by, after.escapes or after.verdict is None, devs)
+        # Only part of the packets enters: whatever is decided in there is at most a partial result.
+        devs = _add(_join(after.devs, called.devs), self.deviation(called.verdict, called.decided_by))
+        escapes = after.escapes
+        if goto and (called.verdict is None or called.escapes):
+            left, devs = self._leave(chain, devs)
+            escapes = escapes or left
+        return _Summary(after.verdict, after.decided_by, escapes, devs)
+
+
+# --- effective mode: the path ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _HookResult:
+    hook: Hook
+    source: Source
+    status: Status
+    verdict: str
+    deciding: Position
+    deviations: Tuple[Deviation, ...]
+
+
+def _status_of(verdict: str, required: str, deviations: Sequence[Deviation]) -> Status:
+    if verdict != required:
+        return Status.FAIL
+    return Status.PARTIAL if deviations else Status.PASS
+
+
+def _walk_hook(source: Source, hook: Hook, packets: PacketClass, required: str, walkers: Dict) -> _HookResult:
+    table = source.ruleset.table(hook.table)
+    chain = table.chain(hook.chain) if table is not None else None
+    if table is None or chain is None:
+        absent = 'table absent' if table is None else 'chain absent'
+        deciding = Position(hook.table, hook.chain, None, '({}: accepts)'.format(absent), source.label)
+        return _HookResult(hook, source, _status_of(ACCEPT, required, ()), ACCEPT, deciding, ())
+    key = (id(source), hook.table)
+    walker = walkers.get(key)
+    if walker is None:
+        walker = walkers[key] = _ChainWalker(table, packets, required, source.label)
+    summary = walker.summary(chain)
+    assert summary.verdict is not None and summary.decided_by is not None  # built-in chains always decide
+    deviations = _flatten(summary.devs)
+    return _HookResult(hook, source, _status_of(summary.verdict, required, deviations), summary.verdict, summary.decided_by, deviations)
+
+
+def _check_incompatible(sources: Sequence[Source], hooks: Iterable[Hook]) -> None:
+    tables = {hook.table for hook in hooks}
+    for source in sources:
+        for warning in source.ruleset.warnings_of(INCOMPATIBLE_TABLE):
+            if warning.table in tables:
+                raise Unevaluable(
+                    "line {}: table `{}' holds rules the iptables tools cannot show (native nftables rules); "
+                    "inspect them with 'nft list ruleset'".format(warning.line, warning.table)
+                )
+
+
+def _table_flag(table: str) -> str:
+    return '' if table == 'filter' else '-t {} '.format(table)
+
+
+def _accept_fix(requirement: Requirement, hook_result: _HookResult) -> str:
+    hook = hook_result.hook
+    side = '-i' if requirement.literal_chain == 'INPUT' else '-o'
+    return '{} {}-I {} 1 {} {} -j ACCEPT'.format(
+        hook_result.source.command, _table_flag(hook.table), hook.chain, side, LOOPBACK_INTERFACE
+    )
+
+
+def _drop_fix(rule: ComplianceRule, source: Source, filter_input: Optional[Chain]) -> str:
+    """Where the anti-spoofing DROP must go in filter INPUT to take effect without dropping lo traffic.
+
+    Right after an unconditional ``-i lo -j ACCEPT`` that precedes every rule that could let the
+    class through, the CIS rule itself; otherwise ``! -i lo`` keeps lo traffic out of it, at the top.
+    """
+    lo_class = REQUIREMENTS[0].packet_class(rule.loopback)
+    spoof_class = REQUIREMENTS[2].packet_class(rule.loopback)
+    literal = '-s {} -j DROP'.format(rule.loopback_text)
+    if filter_input is not None:
+        for index, candidate in enumerate(filter_input.rules):
+            target = candidate.target
+            if target is None or target.name in ('LOG', 'NFLOG', 'AUDIT'):
+                continue
+            if target.name == 'ACCEPT' and not target.goto and classify(candidate, lo_class) is ALL:
+                if classify(candidate, spoof_class) is NONE:
+                    return '{} -I INPUT {} {}'.format(source.command, index + 2, literal)
+            if classify(candidate, spoof_class) is not NONE:
+                break
+    return '{} -I INPUT 1 -s {} ! -i {} -j DROP'.format(source.command, rule.loopback_text, LOOPBACK_INTERFACE)
+
+
+def _describe(result: _HookResult) -> str:
+    return '{} by {}'.format(_VERDICT_WORDS.get(result.verdict, result.verdict), result.deciding.describe())
+
+
+def _explain(status: Status, decisive: _HookResult, deviations: Sequence[Deviation]) -> str:
+    text = _describe(decisive)
+    if status is Status.PARTIAL and deviations:
+        first = deviations[0]
+        more = ' (and {} more)'.format(len(deviations) - 1) if len(deviations) > 1 else ''
+        text += '; but part of it is {} by {}{}'.format(
+            _VERDICT_WORDS.get(first.verdict, first.verdict), first.where.describe(), more
+        )
+    return text
+
+
+def _combine_accept(requirement: Requirement, results: Sequence[_HookResult]) -> RequirementResult:
+    status = max(result.status for result in results)
+    decisive = next(
+        (r for r in results if r.status is status and status is Status.FAIL),
+        next((r for r in results if r.hook.table == 'filter'), results[0]),
+    )
+    deviations = tuple(d for result in results for d in result.deviations)
+    fixes = tuple(_accept_fix(requirement, r) for r in results if r.status is not Status.PASS)
+    return RequirementResult(
+        requirement.name,
+        status,
+        _explain(status, decisive, deviations),
+        decisive.deciding,
+        decisive.verdict,
+        deviations,
+        fixes,
+    )
+
+
+def _combine_deny(rule: ComplianceRule, requirement: Requirement, results: Sequence[_HookResult], sources: Sequence[Source]) -> RequirementResult:
+    status = min(result.status for result in results)
+    if status is Status.FAIL:
+        decisive = next((r for r in results if r.hook.table == 'filter'), results[0])
+    else:
+        decisive = next(r for r in results if r.status is status)
+    deviations = decisive.deviations if status is Status.PARTIAL else ()
+    fixes: Tuple[str, ...] = ()
+    if status is not Status.PASS:
+        main = sources[0]
+        fixes = (_drop_fix(rule, main, main.ruleset.chain('filter', 'INPUT')),)
+    return RequirementResult(
+        requirement.name,
+        status,
+        _explain(status, decisive, deviations),
+        decisive.deciding,
+        decisive.verdict,
+        deviations,
+        fixes,
+    )
+
+
+def _evaluate_requirement_effective(rule: ComplianceRule, requirement: Requirement, sources: Sequence[Source]) -> RequirementResult:
+    packets = requirement.packet_class(rule.loopback)
+    walkers: Dict = {}
+    results = [
+        _walk_hook(source, hook, packets, requirement.required, walkers)
+        for source in sources
+        for hook in requirement.path
+    ]
+    if requirement.required == DENY:
+        return _combine_deny(rule, requirement, results, sources)
+    return _combine_accept(requirement, results)
+
+
+# --- literal mode (spec section 3) ---------------------------------------------------------------
+
+
+def _is_literal(rule: Rule, option: str, value: str, target: str) -> bool:
+    """``rule`` is exactly ``-A CHAIN <option> <value> -j <target>``, give or take ``-m comment``."""
+    if rule.target is None or rule.target.goto or rule.target.name != target or rule.target.args:
+        return False
+    criteria = [match for match in rule.matches if match.module != 'comment']
+    if len(criteria) != 1 or criteria[0].module or len(criteria[0].options) != 1:
+        return False
+    found = criteria[0].options[0]
+    if found.name != option or found.negated or len(found.values) != 1:
+        return False
+    if option == '-s':
+        return _same_network(found.values[0], value)
+    return found.values[0] == value
+
+
+def _same_network(text: str, expected: str) -> bool:
+    try:
+        return ipaddress.ip_network(text, strict=False) == ipaddress.ip_network(expected)
+    except ValueError:
+        return False
+
+
+def _literal_spec(rule: ComplianceRule, requirement: Requirement) -> Tuple[str, str, str]:
+    if requirement.name == INPUT_DROP_LOOPBACK_SOURCE:
+        return '-s', rule.loopback_text, 'DROP'
+    side = '-i' if requirement.literal_chain == 'INPUT' else '-o'
+    return side, LOOPBACK_INTERFACE, 'ACCEPT'
+
+
+def _literal_text(requirement: Requirement, spec: Tuple[str, str, str]) -> str:
+    option, value, target = spec
+    return '-A {} {} {} -j {}'.format(requirement.literal_chain, option, value, target)
+
+
+def _evaluate_requirement_literal(rule: ComplianceRule, requirement: Requirement, sources: Sequence[Source]) -> RequirementResult:
+    spec = _literal_spec(rule, requirement)
+    wanted = _literal_text(requirement, spec)
+    packets = requirement.packet_class(rule.loopback)
+    found: Optional[Position] = None
+    blocker: Optional[Position] = None
+    for source in sources:
+        chain = source.ruleset.chain('filter', requirement.literal_chain)
+        if chain is None:
+            continue
+        for index, candidate in enumerate(chain.rules):
+            position = Position('filter', chain.name, index + 1, candidate.text, source.label, candidate.line)
+            if _is_literal(candidate, *spec):
+                found = found or position
+                break
+            denies = candidate.target is not None and _VERDICT_TARGETS.get(candidate.target.name) == DENY
+            if requirement.name == INPUT_ACCEPT_LO and denies and classify(candidate, packets) is not NONE:
+                blocker = blocker or position
+                break
+    main = sources[0]
+    option, value, target = spec
+    if found is not None and blocker is None:
+        return RequirementResult(requirement.name, Status.PASS, 'present: {}'.format(found.describe()), found)
+    if blocker is not None:
+        explanation = '{} is not before every rule that drops its traffic: {}'.format(wanted, blocker.describe())
+        fix = '{} -I {} 1 {} {} -j {}'.format(main.command, requirement.literal_chain, option, value, target)
+        return RequirementResult(requirement.name, Status.FAIL, explanation, blocker, None, (), (fix,))
+    explanation = 'no rule {} in table filter'.format(wanted)
+    if requirement.name == INPUT_DROP_LOOPBACK_SOURCE:
+        fix = _drop_fix(rule, main, main.ruleset.chain('filter', 'INPUT'))
+        if ' ! -i ' in fix:
+            # The literal rule must stand after the lo ACCEPT: put both at the top, in that order.
+            fix = '{0} -I INPUT 1 -i lo -j ACCEPT && {0} -I INPUT 2 -s {1} -j DROP'.format(main.command, rule.loopback_text)
+    else:
+        fix = '{} -I {} 1 {} {} -j {}'.format(main.command, requirement.literal_chain, option, value, target)
+    return RequirementResult(requirement.name, Status.FAIL, explanation, None, None, (), (fix,))
+
+
+# --- both modes ----------------------------------------------------------------------------------
+
+
+def _reachable_rule_count(sources: Sequence[Source]) -> int:
+    """Rules on the evaluated paths: the path chains and every user chain they can reach."""
+    total = 0
+    hooks = {hook for requirement in REQUIREMENTS for hook in requirement.path}
+    for source in sources:
+        for table_name in sorted({hook.table for hook in hooks}):
+            table = source.ruleset.table(table_name)
+            if table is None:
+                continue
+            seen: Set[str] = set()
+            stack = [hook.chain for hook in hooks if hook.table == table_name and table.chain(hook.chain) is not None]
+            while stack:
+                name = stack.pop()
+                if name in seen:
+                    continue
+                seen.add(name)
+                chain = table.chains[name]
+                total += len(chain)
+                for rule in chain.rules:
+                    if rule.target is not None and rule.target.name in table.chains:
+                        stack.append(rule.target.name)
+    return total
+
+
+def _worst(statuses: Iterable[Status]) -> Status:
+    return max(statuses, default=Status.PASS)
+
+
+def evaluate(rule: ComplianceRule, sources: Sequence[Source], mode: str = EFFECTIVE) -> RuleResult:
+    """Evaluate one compliance rule on one or more rulesets of its family (e.g. nft and legacy).
+
+    Never raises for a bad ruleset: what cannot be evaluated is a result with status UNKNOWN.
+    """
+    if mode not in MODES:
+        raise ValueError('mode must be one of {}'.format(', '.join(MODES)))
+    if not sources:
+        raise ValueError('at least one ruleset is needed')
+    evaluate_requirement = _evaluate_requirement_literal if mode == LITERAL else _evaluate_requirement_effective
+    try:
+        _check_incompatible(sources, (hook for requirement in REQUIREMENTS for hook in requirement.path))
+        results = tuple(evaluate_requirement(rule, requirement, sources) for requirement in REQUIREMENTS)
+        count = _reachable_rule_count(sources)
+    except Unevaluable as error:
+        return RuleResult(rule, Status.UNKNOWN, error='cannot evaluate the ruleset: {}'.format(error), mode=mode)
+    except ParseError as error:
+        return RuleResult(rule, Status.UNKNOWN, error='unparseable ruleset: {}'.format(error), mode=mode)
+    except RecursionError:
+        return RuleResult(rule, Status.UNKNOWN, error='cannot evaluate the ruleset: it nests too deeply', mode=mode)
+    return RuleResult(rule, _worst(result.status for result in results), results, count, mode=mode)

@@ -1,0 +1,79 @@
+"""What the evaluator returns: per compliance rule, per requirement, with the rules that decided.
+
+Pure data: no I/O.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from .requirements import ComplianceRule
+
+
+class Status(enum.IntEnum):
+    """Ordered like Datadog service check statuses."""
+
+    PASS = 0
+    PARTIAL = 1
+    FAIL = 2
+    UNKNOWN = 3
+
+
+@dataclass(frozen=True)
+class Position:
+    """A rule (``index`` is its 1-based position in its chain) or a chain's policy (``index`` None)."""
+
+    table: str
+    chain: str
+    index: Optional[int]
+    text: str
+    ruleset: str = ''  # which ruleset, when several are evaluated ('legacy'); '' for the main one
+    line: int = 0
+
+    @property
+    def is_policy(self) -> bool:
+        return self.index is None
+
+    def describe(self) -> str:
+        where = '{} {}'.format(self.table, self.chain)
+        if self.ruleset:
+            where = '{} ({} ruleset)'.format(where, self.ruleset)
+        if self.index is None:
+            return '{} {}'.format(where, self.text)
+        return '{} rule {}: {}'.format(where, self.index, self.text)
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """A rule (or policy) that gives part of the packet class a verdict other than the required one."""
+
+    where: Position
+    verdict: str
+
+
+@dataclass(frozen=True)
+class RequirementResult:
+    requirement: str
+    status: Status
+    explanation: str
+    deciding: Optional[Position] = None
+    verdict: Optional[str] = None
+    deviations: Tuple[Deviation, ...] = ()
+    remediation: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    rule: ComplianceRule
+    status: Status
+    requirements: Tuple[RequirementResult, ...] = ()
+    rules_on_path: int = 0
+    error: Optional[str] = None  # why the ruleset could not be evaluated (status UNKNOWN)
+    mode: str = 'effective'
+
+    def requirement(self, name: str) -> RequirementResult:
+        for result in self.requirements:
+            if result.requirement == name:
+                return result
+        raise KeyError(name)
