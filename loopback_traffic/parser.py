@@ -463,21 +463,36 @@ def _skip_table(name: str, header_line: int, lines: Iterator[Tuple[int, str]]) -
 
 def _parse_table(name: str, header_line: int, lines: Iterator[Tuple[int, str]], warnings: List[SaveWarning]) -> Table:
     table = _TableBuilder(name, header_line)
+    # A bad line is reported once the table is known to be complete: in output that was cut off,
+    # the cut (no COMMIT) is the useful message, not the half line before it.
+    first_error: Optional[ParseError] = None
     for number, text in lines:
         first = text[:1]
-        if first == '-' or first == '[':
-            table.add_rule(number, text)
-        elif first == ':':
-            table.declare(*_parse_chain_line(text, number), number, text)
-        elif first == 'C' and text.rstrip() == 'COMMIT':
+        if first == 'C' and text.rstrip() == 'COMMIT':
+            if first_error is not None:
+                raise first_error
             return table.build()
-        elif first == '#':
-            warning = _comment_warning(text, number)
-            if warning:
-                warnings.append(warning)
-        elif text.strip():
-            raise ParseError(number, 'unexpected line in table {}'.format(name), text)
+        if first_error is not None:
+            continue
+        try:
+            _parse_table_line(table, number, text, warnings)
+        except ParseError as error:
+            first_error = error
     raise ParseError(header_line, 'table {} is not closed by COMMIT (output cut off?)'.format(name))
+
+
+def _parse_table_line(table: _TableBuilder, number: int, text: str, warnings: List[SaveWarning]) -> None:
+    first = text[:1]
+    if first == '-' or first == '[':
+        table.add_rule(number, text)
+    elif first == ':':
+        table.declare(*_parse_chain_line(text, number), number, text)
+    elif first == '#':
+        warning = _comment_warning(text, number)
+        if warning:
+            warnings.append(warning)
+    elif text.strip():
+        raise ParseError(number, 'unexpected line in table {}'.format(table.name), text)
 
 
 def _parse_chain_line(text: str, number: int) -> Tuple[str, Optional[str], Optional[Counters]]:

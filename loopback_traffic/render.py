@@ -1,0 +1,69 @@
+"""Model -> ``iptables-save`` text, the inverse of :mod:`.parser`. Pure: no I/O."""
+from __future__ import annotations
+
+import re
+from typing import List, Optional
+
+from .model import Chain, Counters, Match, Option, Rule, Ruleset, Table, Target
+
+_PLAIN = re.compile(r'^[^\s"\\!-][^\s"\\]*$')
+
+
+def quote(value: str) -> str:
+    """Quote an argument the way ``iptables-restore`` reads it back as one value."""
+    if _PLAIN.match(value):
+        return value
+    return '"{}"'.format(value.replace('\\', '\\\\').replace('"', '\\"'))
+
+
+def _option(option: Option) -> List[str]:
+    words = ['!'] if option.negated else []
+    words.append(option.name)
+    words.extend(quote(value) for value in option.values)
+    return words
+
+
+def _match(match: Match) -> List[str]:
+    words = ['-m', match.module] if match.module else []
+    for option in match.options:
+        words.extend(_option(option))
+    return words
+
+
+def _target(target: Target) -> List[str]:
+    words = ['-g' if target.goto else '-j', target.name]
+    for argument in target.args:
+        words.append(argument if argument.startswith('--') and _PLAIN.match(argument[2:] or 'x') else quote(argument))
+    return words
+
+
+def _counters(counters: Optional[Counters]) -> str:
+    return '[{}:{}]'.format(counters.packets, counters.bytes) if counters is not None else ''
+
+
+def render_rule(rule: Rule) -> str:
+    words = ['-A', rule.chain]
+    for match in rule.matches:
+        words.extend(_match(match))
+    if rule.target is not None:
+        words.extend(_target(rule.target))
+    line = ' '.join(words)
+    return '{} {}'.format(_counters(rule.counters), line) if rule.counters is not None else line
+
+
+def _chain_header(chain: Chain) -> str:
+    header = ':{} {}'.format(chain.name, chain.policy if chain.policy is not None else '-')
+    return '{} {}'.format(header, _counters(chain.counters)) if chain.counters is not None else header
+
+
+def render_table(table: Table) -> str:
+    lines = ['*' + table.name]
+    lines.extend(_chain_header(chain) for chain in table.chains.values())
+    for chain in table.chains.values():
+        lines.extend(render_rule(rule) for rule in chain.rules)
+    lines.append('COMMIT')
+    return '\n'.join(lines) + '\n'
+
+
+def render_ruleset(ruleset: Ruleset) -> str:
+    return ''.join(render_table(table) for table in ruleset.tables.values())
