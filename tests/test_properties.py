@@ -1,0 +1,98 @@
+"""Property tests: the model survives a render/parse round trip; the evaluator always answers."""
+from types import MappingProxyType
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from datadog_checks.loopback_traffic.evaluator import EFFECTIVE, LITERAL, Source, evaluate
+from datadog_checks.loopback_traffic.model import BUILTIN_CHAINS, Counters, Match, Option, Rule, Ruleset, Table, Target
+from datadog_checks.loopback_traffic.parser import ParseError, parse_rule, parse_ruleset
+from datadog_checks.loopback_traffic.model import Chain
+from datadog_checks.loopback_traffic.render import render_ruleset
+from datadog_checks.loopback_traffic.requirements import COMPLIANCE_RULES
+from datadog_checks.loopback_traffic.results import RuleResult
+
+USER_CHAINS = ['ufw-before-input', 'KUBE-FIREWALL', 'A', 'B']
+ADDRESSES = ['127.0.0.0/8', '127.0.0.1/32', '127.0.0.0/7', '0.0.0.0/0', '10.0.0.0/8', '::1/128', '::/0', 'fe80::/10']
+INTERFACES = ['lo', 'lo+', '+', 'eth0', 'eth+', 'l+']
+TEXT = st.text(alphabet=st.characters(blacklist_categories=('Cs', 'Cc')) | st.sampled_from(' \t"\\!-'), max_size=12)
+
+negated = st.booleans()
+builtin_match = st.one_of(
+    st.builds(lambda n, v, neg: Match('', (Option(n, (v,), neg),)), st.sampled_from(['-s', '-d']), st.sampled_from(ADDRESSES), negated),
+    st.builds(lambda n, v, neg: Match('', (Option(n, (v,), neg),)), st.sampled_from(['-i', '-o']), st.sampled_from(INTERFACES), negated),
+    st.builds(lambda v, neg: Match('', (Option('-p', (v,), neg),)), st.sampled_from(['all', 'tcp', 'udp', 'icmp']), negated),
+    st.builds(lambda neg: Match('', (Option('-f', (), neg),)), negated),
+)
+module_match = st.one_of(
+    st.builds(lambda text: Match('comment', (Option('--comment', (text,)),)), TEXT),
+    st.builds(lambda states, neg: Match('conntrack', (Option('--ctstate', (states,), neg),)), st.sampled_from(['NEW', 'RELATED,ESTABLISHED', 'INVALID']), negated),
+    st.builds(lambda port, neg: Match('tcp', (Option('--dport', (port,), neg),)), st.sampled_from(['22', '80:90']), negated),
+    st.just(Match('addrtype', (Option('--src-type', ('LOCAL',)),))),
+    st.just(Match('frobnicate', (Option('--flag', ()), Option('--level', ('1', '2'))))),
+)
+target = st.one_of(
+    st.none(),
+    st.sampled_from([Target('ACCEPT'), Target('DROP'), Target('RETURN'), Target('QUEUE'), Target('LOG', ('--log-prefix', 'lo: x'))]),
+    st.just(Target('REJECT', ('--reject-with', 'icmp-port-unreachable'))),
+    st.builds(Target, st.sampled_from(USER_CHAINS + ['UNDECLARED']), st.just(()), st.booleans()),
+)
+counters = st.one_of(st.none(), st.builds(Counters, st.integers(0, 10**12), st.integers(0, 10**15)))
+
+
+@st.composite
+def rulesets(draw):
+    tables = {}
+    for table_name in draw(st.sets(st.sampled_from(sorted(BUILTIN_CHAINS)), max_size=5)):
+        builtins = BUILTIN_CHAINS[table_name]
+        user = draw(st.lists(st.sampled_from(USER_CHAINS), unique=True, max_size=4))
+        chains = {}
+        for chain_name in list(builtins) + user:
+            rules = draw(
+                st.lists(
+                    st.builds(
+                        Rule,
+                        st.just(chain_name),
+                        st.lists(st.one_of(builtin_match, module_match), max_size=4).map(tuple),
+                        target,
+                        counters,
+                    ),
+                    max_size=5,
+                )
+            )
+            from datadog_checks.loopback_traffic.model import RawRule
+            from datadog_checks.loopback_traffic.render import render_rule
+
+            raw = tuple(RawRule(0, render_rule(rule)) for rule in rules)
+            policy = draw(st.sampled_from(['ACCEPT', 'DROP'])) if chain_name in builtins else None
+            chains[chain_name] = Chain(chain_name, policy, raw, parse_rule, draw(counters) if policy else None)
+        tables[table_name] = Table(table_name, MappingProxyType(chains))
+    return Ruleset(MappingProxyType(tables)), tables
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rulesets())
+def test_render_then_parse_gives_the_same_model(generated):
+    ruleset, _ = generated
+    assert parse_ruleset(render_ruleset(ruleset)) == ruleset
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rulesets(), rulesets())
+def test_evaluator_always_answers(first, second):
+    for rule in COMPLIANCE_RULES:
+        for mode in (EFFECTIVE, LITERAL):
+            result = evaluate(rule, [Source(first[0]), Source(second[0], label='legacy')], mode)
+            assert isinstance(result, RuleResult)
+            assert len(result.requirements) == 3 or result.error
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=400) | st.lists(st.sampled_from(['*filter', ':INPUT ACCEPT [0:0]', ':X - [0:0]', '-A INPUT -j X', '-A X -g INPUT', 'COMMIT', '# x', '-A INPUT "', '-P INPUT DROP', '-N X', '']), max_size=12).map('\n'.join))
+def test_parser_raises_only_parse_errors(text):
+    try:
+        ruleset = parse_ruleset(text)
+    except ParseError:
+        return
+    for rule in COMPLIANCE_RULES:
+        assert isinstance(evaluate(rule, [Source(ruleset)]), RuleResult)
