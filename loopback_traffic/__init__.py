@@ -1,3 +1,4 @@
 from .__about__ import __version__
+from .check import LoopbackTrafficCheck
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'LoopbackTrafficCheck']

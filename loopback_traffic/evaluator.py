@@ -280,8 +280,8 @@ def _walk_hook(source: Source, hook: Hook, packets: PacketClass, required: str, 
     table = source.ruleset.table(hook.table)
     chain = table.chain(hook.chain) if table is not None else None
     if table is None or chain is None:
-        absent = 'table absent' if table is None else 'chain absent'
-        deciding = Position(hook.table, hook.chain, None, '({}: accepts)'.format(absent), source.label)
+        absent = 'table' if table is None else 'chain'
+        deciding = Position(hook.table, hook.chain, None, '(no such {} loaded: accepts everything)'.format(absent), source.label)
         return _HookResult(hook, source, _status_of(ACCEPT, required, ()), ACCEPT, deciding, ())
     key = (id(source), hook.table)
     walker = walkers.get(key)

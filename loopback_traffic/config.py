@@ -1,0 +1,165 @@
+"""Instance options -> validated :class:`Options`. Shared by the Agent check and the CLI. Pure: no I/O."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .evaluator import MODES
+from .requirements import FAMILIES, IPV4, IPV6
+
+LEGACY = 'legacy'
+NFT = 'nft'
+APPLICABILITY = ('auto', 'always')
+PARTIAL = ('warning', 'critical', 'ok')
+
+DEFAULT_SAVE_COMMANDS: Mapping[Tuple[str, str], Tuple[str, ...]] = {
+    (IPV4, NFT): ('iptables-save',),
+    (IPV6, NFT): ('ip6tables-save',),
+    (IPV4, LEGACY): ('iptables-legacy-save',),
+    (IPV6, LEGACY): ('ip6tables-legacy-save',),
+}
+SAVE_COMMAND_OPTIONS: Mapping[Tuple[str, str], str] = {
+    (IPV4, NFT): 'iptables_save_command',
+    (IPV6, NFT): 'ip6tables_save_command',
+    (IPV4, LEGACY): 'iptables_legacy_save_command',
+    (IPV6, LEGACY): 'ip6tables_legacy_save_command',
+}
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_OUTPUT_BYTES = 100 * 1024 * 1024
+
+
+class InvalidConfiguration(ValueError):
+    """An option has a value the check cannot use; the message names the option and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Options:
+    families: Tuple[str, ...] = FAMILIES
+    save_commands: Mapping[Tuple[str, str], Tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_SAVE_COMMANDS))
+    use_sudo: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    ruleset_files: Mapping[str, str] = field(default_factory=dict)
+    applicability: str = 'auto'
+    mode: str = 'effective'
+    partial: str = 'warning'
+    proc_path: str = '/proc'
+    dpkg_status_file: str = '/var/lib/dpkg/status'
+    rpm_command: Tuple[str, ...] = ('rpm',)
+    rpm_database_path: str = '/var/lib/rpm'
+    tags: Tuple[str, ...] = ()
+
+
+def _choice(instance: Mapping[str, Any], name: str, allowed: Tuple[str, ...], default: str) -> str:
+    value = instance.get(name)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise InvalidConfiguration('`{}` must be one of {}, not {!r}'.format(name, ', '.join(allowed), value))
+    return str(value)
+
+
+def _command(instance: Mapping[str, Any], name: str, default: Tuple[str, ...]) -> Tuple[str, ...]:
+    value = instance.get(name)
+    if value is None:
+        return default
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise InvalidConfiguration(
+            '`{}` must be a list of arguments, e.g. [nsenter, --net=/host/proc/1/ns/net, iptables-save], not {!r}'.format(
+                name, value
+            )
+        )
+    if not value or not all(isinstance(arg, str) and arg for arg in value):
+        raise InvalidConfiguration('`{}` must be a non-empty list of non-empty strings, not {!r}'.format(name, value))
+    return tuple(value)
+
+
+def _path(instance: Mapping[str, Any], name: str, default: str) -> str:
+    value = instance.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str) or not value:
+        raise InvalidConfiguration('`{}` must be a path, not {!r}'.format(name, value))
+    return value
+
+
+def _boolean(instance: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = instance.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidConfiguration('`{}` must be true or false, not {!r}'.format(name, value))
+    return value
+
+
+def _positive_number(instance: Mapping[str, Any], name: str, default: float) -> float:
+    value = instance.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidConfiguration('`{}` must be a number greater than 0, not {!r}'.format(name, value))
+    return float(value)
+
+
+def _families(instance: Mapping[str, Any]) -> Tuple[str, ...]:
+    value = instance.get('families')
+    if value is None:
+        return FAMILIES
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise InvalidConfiguration('`families` must be a non-empty list of ipv4 and/or ipv6, not {!r}'.format(value))
+    for family in value:
+        if family not in FAMILIES:
+            raise InvalidConfiguration('`families` may hold ipv4 and ipv6 only, not {!r}'.format(family))
+    return tuple(dict.fromkeys(value))
+
+
+def _ruleset_files(instance: Mapping[str, Any]) -> Dict[str, str]:
+    value = instance.get('ruleset_files')
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidConfiguration('`ruleset_files` must map ipv4 and/or ipv6 to a file path, not {!r}'.format(value))
+    files = {}
+    for family, path in value.items():
+        if family not in (IPV4, IPV6):
+            raise InvalidConfiguration('`ruleset_files` keys must be ipv4 or ipv6, not {!r}'.format(family))
+        if path is None:
+            continue
+        if not isinstance(path, str) or not path:
+            raise InvalidConfiguration('`ruleset_files.{}` must be a file path, not {!r}'.format(family, path))
+        files[family] = path
+    return files
+
+
+def _tags(instance: Mapping[str, Any]) -> Tuple[str, ...]:
+    value = instance.get('tags')
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(tag, str) for tag in value):
+        raise InvalidConfiguration('`tags` must be a list of strings such as team:network, not {!r}'.format(value))
+    return tuple(value)
+
+
+def parse_options(instance: Optional[Mapping[str, Any]]) -> Options:
+    """Validate an instance (a conf.yaml ``instances`` entry). Raises :class:`InvalidConfiguration`."""
+    if instance is None:
+        instance = {}
+    if not isinstance(instance, Mapping):
+        raise InvalidConfiguration('an instance must be a mapping of options, not {!r}'.format(instance))
+    max_output = _positive_number(instance, 'max_output_bytes', DEFAULT_MAX_OUTPUT_BYTES)
+    return Options(
+        families=_families(instance),
+        save_commands={key: _command(instance, name, DEFAULT_SAVE_COMMANDS[key]) for key, name in SAVE_COMMAND_OPTIONS.items()},
+        use_sudo=_boolean(instance, 'use_sudo', False),
+        timeout=_positive_number(instance, 'timeout', DEFAULT_TIMEOUT),
+        max_output_bytes=int(max_output),
+        ruleset_files=_ruleset_files(instance),
+        applicability=_choice(instance, 'applicability', APPLICABILITY, 'auto'),
+        mode=_choice(instance, 'mode', MODES, 'effective'),
+        partial=_choice(instance, 'partial', PARTIAL, 'warning'),
+        proc_path=_path(instance, 'proc_path', '/proc'),
+        dpkg_status_file=_path(instance, 'dpkg_status_file', '/var/lib/dpkg/status'),
+        rpm_command=_command(instance, 'rpm_command', ('rpm',)),
+        rpm_database_path=_path(instance, 'rpm_database_path', '/var/lib/rpm'),
+        tags=_tags(instance),
+    )

@@ -1,0 +1,58 @@
+"""One evaluation of one compliance rule: applicability -> collect -> parse -> evaluate.
+
+Never raises for anything the host does: every failure becomes a result with status UNKNOWN and a
+message that says what happened and how to fix it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from .applicability import Applicability, ApplicabilityChecker, ApplicabilityError
+from .collect import CollectedText, CollectionError, collect_texts, iptables_command
+from .config import LEGACY, Options
+from .evaluator import Source, evaluate
+from .parser import EVALUATED_TABLES, ParseError, parse_ruleset
+from .requirements import ComplianceRule, rule_for_family
+from .results import RuleResult, Status
+
+
+@dataclass(frozen=True)
+class Outcome:
+    rule: ComplianceRule
+    applicability: Applicability
+    result: Optional[RuleResult]  # None when the rule is not applicable
+    duration: float  # seconds to collect, parse and evaluate
+    origins: Tuple[str, ...] = ()  # where the rulesets came from
+
+
+def _unknown(rule: ComplianceRule, options: Options, error: str) -> RuleResult:
+    return RuleResult(rule, Status.UNKNOWN, error=error, mode=options.mode)
+
+
+def run_rule(options: Options, family: str, checker: ApplicabilityChecker, given: Optional[CollectedText] = None) -> Outcome:
+    rule = rule_for_family(family)
+    started = time.monotonic()
+    try:
+        applicability = checker.check(family)
+    except ApplicabilityError as error:
+        applicability = Applicability(True, 'applicability could not be decided')
+        return Outcome(rule, applicability, _unknown(rule, options, str(error)), time.monotonic() - started)
+    if not applicability.applicable:
+        return Outcome(rule, applicability, None, time.monotonic() - started)
+    origins: Tuple[str, ...] = ()
+    try:
+        texts = collect_texts(options, family, given)
+        origins = tuple(text.origin for text in texts)
+        sources = []
+        for collected in texts:
+            try:
+                ruleset = parse_ruleset(collected.text, tables=EVALUATED_TABLES)
+            except ParseError as error:
+                raise CollectionError('unparseable output of {}: {}'.format(collected.origin, error))
+            sources.append(Source(ruleset, iptables_command(family, collected.backend), LEGACY if collected.backend == LEGACY else ''))
+        result = evaluate(rule, sources, options.mode)
+    except CollectionError as error:
+        result = _unknown(rule, options, str(error))
+    return Outcome(rule, applicability, result, time.monotonic() - started, origins)
