@@ -12,8 +12,8 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from .applicability import ApplicabilityChecker
-from .collect import CollectedText
-from .config import APPLICABILITY, NFT, PARTIAL, InvalidConfiguration, parse_options
+from .collect import Collected, collected_text
+from .config import APPLICABILITY, PARTIAL, InvalidConfiguration, parse_options
 from .evaluator import MODES
 from .pipeline import run_rule
 from .report import OK, service_check_status, to_json, to_text
@@ -65,14 +65,14 @@ def _load_config(path: str) -> Dict[str, Any]:
     return dict(instances[0] or {})
 
 
-def _read_input(path: str) -> CollectedText:
+def _read_input(path: str) -> Collected:
     if path == '-':
         data = sys.stdin.buffer.read()
         path = '<standard input>'
     else:
         with open(path, 'rb') as saved:
             data = saved.read()
-    return CollectedText(data.decode('utf-8', 'surrogateescape'), path, NFT)
+    return collected_text(data.decode('utf-8', 'surrogateescape'), path)
 
 
 def _instance(arguments: argparse.Namespace) -> Dict[str, Any]:
@@ -84,8 +84,8 @@ def _instance(arguments: argparse.Namespace) -> Dict[str, Any]:
     return instance
 
 
-def _file_texts(arguments: argparse.Namespace) -> Dict[str, CollectedText]:
-    files: Dict[str, CollectedText] = {}
+def _file_texts(arguments: argparse.Namespace) -> Dict[str, Collected]:
+    files: Dict[str, Collected] = {}
     if arguments.example:
         files[IPV4] = _read_input(os.path.join(EXAMPLES_DIR, arguments.example + '.rules'))
     if arguments.iptables_save:

@@ -5,6 +5,7 @@ Every failure is a :class:`CollectionError` whose message says what happened and
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -31,13 +32,17 @@ class CommandOutput:
 
 
 @dataclass(frozen=True)
-class CollectedText:
-    """The text of one ruleset, where it came from, and the command that changes it."""
+class Collected:
+    """One ruleset (one backend of one family) as text pieces: whole ``iptables-save`` output
+    (table None) or ``iptables -t TABLE -S [CHAIN]`` listings (table given)."""
 
-    text: str
-    origin: str  # the command line or the file path, for messages
     backend: str  # NFT (the default tools) or LEGACY
-    stderr: str = ''
+    origin: str  # the command or file, for messages
+    pieces: Tuple[Tuple[str, Optional[str]], ...]
+
+
+def collected_text(text: str, origin: str) -> Collected:
+    return Collected(NFT, origin, ((text, None),))
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -140,15 +145,15 @@ def save_command(options: Options, family: str, backend: str) -> List[str]:
     return ['sudo', '-n'] + argv if options.use_sudo else argv
 
 
-def run_save(options: Options, family: str, backend: str) -> CollectedText:
-    argv = save_command(options, family, backend)
+def run_save(options: Options, family: str, backend: str, table: Optional[str] = None) -> Tuple[str, CommandOutput]:
+    argv = save_command(options, family, backend) + (['-t', table] if table else [])
     output = run_command(argv, options.timeout, options.max_output_bytes)
     if output.returncode != 0:
         raise CollectionError(_explain_failure(argv, output, options.use_sudo))
-    return CollectedText(output.stdout, command_line(argv), backend, output.stderr)
+    return command_line(argv), output
 
 
-def read_file(path: str, max_output_bytes: int) -> CollectedText:
+def read_file(path: str, max_output_bytes: int) -> Collected:
     try:
         with open(path, 'rb') as saved:
             data = saved.read(max_output_bytes + 1)
@@ -162,22 +167,94 @@ def read_file(path: str, max_output_bytes: int) -> CollectedText:
         raise CollectionError('cannot read saved ruleset {}: {}'.format(path, error.strerror or error))
     if len(data) > max_output_bytes:
         raise CollectionError('saved ruleset {} is larger than {} bytes (option `max_output_bytes`)'.format(path, max_output_bytes))
-    return CollectedText(data.decode('utf-8', 'surrogateescape'), path, NFT)
+    return collected_text(data.decode('utf-8', 'surrogateescape'), path)
 
 
-def collect_texts(options: Options, family: str, given: Optional[CollectedText] = None) -> List[CollectedText]:
-    """The ruleset texts of one family: ``given`` text, the saved file, or the save tool's output plus,
-    when it warns that legacy tables are present, the legacy save tool's output."""
+# Targets that are never user chains: no need to ask for their rules.
+_EXTENSION_TARGETS = frozenset(
+    'ACCEPT DROP REJECT RETURN QUEUE NFQUEUE LOG NFLOG ULOG MARK CONNMARK CT NOTRACK AUDIT TRACE CLASSIFY DSCP TOS '
+    'TTL HL TCPMSS SECMARK CONNSECMARK MASQUERADE SNAT DNAT REDIRECT TPROXY TEE SET CHECKSUM IDLETIMER LED HMARK '
+    'SYNPROXY NETMAP CLUSTERIP RATEEST'.split()
+)
+_SMALL_TABLES = ('raw', 'mangle', 'security')
+EVALUATED_TABLE_NAMES = ('raw', 'mangle', 'filter', 'security')
+_LISTED_CHAINS = ('INPUT', 'OUTPUT')
+_NO_SUCH_CHAIN = ('No chain/target/match by that name', 'does not exist', "doesn't exist")
+_JUMP = re.compile(r' -[jg] (\S+)')
+
+
+def listing_command(options: Options, family: str, backend: str) -> Optional[List[str]]:
+    """The ``iptables`` command next to a configured ``iptables-save`` (same prefix, ``-save`` dropped)."""
+    argv = save_command(options, family, backend)
+    if not argv[-1].endswith('-save'):
+        return None
+    return argv[:-1] + [argv[-1][: -len('-save')], '-w', '5']
+
+
+def _no_such_chain(chain: str, stderr: str) -> bool:
+    # iptables-nft calls a chain it does not have "incompatible"; legacy says there is no such chain.
+    return any(text in stderr for text in _NO_SUCH_CHAIN) or "chain `{}' in table".format(chain) in stderr
+
+
+def _list(base: List[str], options: Options, table: str, chain: Optional[str] = None) -> CommandOutput:
+    argv = base + ['-t', table, '-S'] + ([chain] if chain else [])
+    output = run_command(argv, options.timeout, options.max_output_bytes)
+    if output.returncode != 0 and not (chain and _no_such_chain(chain, output.stderr)):
+        raise CollectionError(_explain_failure(argv, output, options.use_sudo))
+    return output
+
+
+def list_rules(options: Options, family: str, backend: str = NFT) -> List[Tuple[str, CommandOutput]]:
+    """Only what the evaluation reads: the small tables whole, and from ``filter`` the INPUT and
+    OUTPUT chains and the user chains they reach, one ``iptables -t filter -S CHAIN`` at a time. On a
+    Kubernetes node this skips the ``nat`` table and the service chains, which is almost all of it."""
+    base = listing_command(options, family, backend)
+    if base is None:
+        raise CollectionError('cannot derive a listing command from {}'.format(command_line(save_command(options, family, backend))))
+    listings = [(table, _list(base, options, table)) for table in _SMALL_TABLES]
+    pending = list(_LISTED_CHAINS)
+    seen = set(pending)
+    while pending:
+        chain = pending.pop()
+        output = _list(base, options, 'filter', chain)
+        if output.returncode != 0:
+            continue  # an extension target after all
+        listings.append(('filter', output))
+        for target in _JUMP.findall(output.stdout):
+            if target not in seen and target not in _EXTENSION_TARGETS:
+                seen.add(target)
+                pending.append(target)
+    return listings
+
+
+def _collect_backend(options: Options, family: str, backend: str) -> Tuple[Collected, bool]:
+    """One backend's ruleset, and whether the tool said that legacy tables are present too."""
+    if options.collection == 'listing' or (options.collection == 'auto' and not options.use_sudo and backend == NFT):
+        listings = list_rules(options, family, backend)
+        origin = command_line(listing_command(options, family, backend) or []) + ' -S'
+        pieces = tuple((output.stdout, table) for table, output in listings)
+        warned = any(LEGACY_TABLES_WARNING in output.stderr for _, output in listings)
+        return Collected(backend, origin, pieces), warned
+    if backend == LEGACY:
+        # Per table: the legacy save tool reads one table without the xtables lock and without the nat table.
+        saves = [run_save(options, family, backend, table) for table in EVALUATED_TABLE_NAMES]
+        return Collected(backend, saves[0][0].rsplit(' -t ', 1)[0] + ' -t ...', tuple((out.stdout, None) for _, out in saves)), False
+    origin, output = run_save(options, family, backend)
+    return Collected(backend, origin, ((output.stdout, None),)), LEGACY_TABLES_WARNING in output.stderr
+
+
+def collect(options: Options, family: str, given: Optional[Collected] = None) -> List[Collected]:
+    """The rulesets of one family: ``given``, the saved file, or the live ruleset plus, when the tool
+    warns that legacy tables are present, the legacy ruleset."""
     if given is not None:
         return [given]
     path = options.ruleset_files.get(family)
     if path is not None:
         return [read_file(path, options.max_output_bytes)]
-    main = run_save(options, family, NFT)
-    texts = [main]
-    if LEGACY_TABLES_WARNING in main.stderr:
-        texts.append(run_save(options, family, LEGACY))
-    return texts
+    main, legacy_present = _collect_backend(options, family, NFT)
+    if not legacy_present:
+        return [main]
+    return [main, _collect_backend(options, family, LEGACY)[0]]
 
 
 def iptables_command(family: str, backend: str) -> str:

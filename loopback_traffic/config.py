@@ -11,6 +11,7 @@ LEGACY = 'legacy'
 NFT = 'nft'
 APPLICABILITY = ('auto', 'always')
 PARTIAL = ('warning', 'critical', 'ok')
+COLLECTION = ('auto', 'save', 'listing')
 
 DEFAULT_SAVE_COMMANDS: Mapping[Tuple[str, str], Tuple[str, ...]] = {
     (IPV4, NFT): ('iptables-save',),
@@ -43,6 +44,7 @@ class Options:
     applicability: str = 'auto'
     mode: str = 'effective'
     partial: str = 'warning'
+    collection: str = 'auto'
     proc_path: str = '/proc'
     dpkg_status_file: str = '/var/lib/dpkg/status'
     rpm_command: Tuple[str, ...] = ('rpm',)
@@ -157,6 +159,7 @@ def parse_options(instance: Optional[Mapping[str, Any]]) -> Options:
         applicability=_choice(instance, 'applicability', APPLICABILITY, 'auto'),
         mode=_choice(instance, 'mode', MODES, 'effective'),
         partial=_choice(instance, 'partial', PARTIAL, 'warning'),
+        collection=_choice(instance, 'collection', COLLECTION, 'auto'),
         proc_path=_path(instance, 'proc_path', '/proc'),
         dpkg_status_file=_path(instance, 'dpkg_status_file', '/var/lib/dpkg/status'),
         rpm_command=_command(instance, 'rpm_command', ('rpm',)),

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from .applicability import Applicability, ApplicabilityChecker, ApplicabilityError
-from .collect import CollectedText, CollectionError, collect_texts, iptables_command
+from .collect import Collected, CollectionError, collect, iptables_command
 from .config import LEGACY, Options
 from .evaluator import Source, evaluate
-from .parser import EVALUATED_TABLES, ParseError, parse_ruleset
+from .model import Ruleset
+from .parser import EVALUATED_TABLES, ParseError, merge_rulesets, parse_ruleset
 from .requirements import ComplianceRule, rule_for_family
 from .results import RuleResult, Status
 
@@ -31,7 +32,17 @@ def _unknown(rule: ComplianceRule, options: Options, error: str) -> RuleResult:
     return RuleResult(rule, Status.UNKNOWN, error=error, mode=options.mode)
 
 
-def run_rule(options: Options, family: str, checker: ApplicabilityChecker, given: Optional[CollectedText] = None) -> Outcome:
+def _parse(collected: Collected) -> Ruleset:
+    try:
+        parts = [
+            parse_ruleset(text, tables=EVALUATED_TABLES, listing_table=table or 'filter') for text, table in collected.pieces
+        ]
+        return parts[0] if len(parts) == 1 else merge_rulesets(parts)
+    except ParseError as error:
+        raise CollectionError('unparseable output of {}: {}'.format(collected.origin, error))
+
+
+def run_rule(options: Options, family: str, checker: ApplicabilityChecker, given: Optional[Collected] = None) -> Outcome:
     rule = rule_for_family(family)
     started = time.monotonic()
     try:
@@ -43,15 +54,12 @@ def run_rule(options: Options, family: str, checker: ApplicabilityChecker, given
         return Outcome(rule, applicability, None, time.monotonic() - started)
     origins: Tuple[str, ...] = ()
     try:
-        texts = collect_texts(options, family, given)
-        origins = tuple(text.origin for text in texts)
-        sources = []
-        for collected in texts:
-            try:
-                ruleset = parse_ruleset(collected.text, tables=EVALUATED_TABLES)
-            except ParseError as error:
-                raise CollectionError('unparseable output of {}: {}'.format(collected.origin, error))
-            sources.append(Source(ruleset, iptables_command(family, collected.backend), LEGACY if collected.backend == LEGACY else ''))
+        collected = collect(options, family, given)
+        origins = tuple(piece.origin for piece in collected)
+        sources = [
+            Source(_parse(piece), iptables_command(family, piece.backend), LEGACY if piece.backend == LEGACY else '')
+            for piece in collected
+        ]
         result = evaluate(rule, sources, options.mode)
     except CollectionError as error:
         result = _unknown(rule, options, str(error))

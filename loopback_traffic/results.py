@@ -5,7 +5,7 @@ Pure data: no I/O.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from .requirements import ComplianceRule
@@ -29,7 +29,7 @@ class Position:
     index: Optional[int]
     text: str
     ruleset: str = ''  # which ruleset, when several are evaluated ('legacy'); '' for the main one
-    line: int = 0
+    line: int = field(default=0, compare=False)  # where in the collected text; not part of the position
 
     @property
     def is_policy(self) -> bool:

@@ -57,6 +57,7 @@ CHECK_OPTIONS = {
     'applicability',
     'mode',
     'partial',
+    'collection',
     'proc_path',
     'dpkg_status_file',
     'rpm_command',
@@ -85,6 +86,7 @@ EXPECTED_DEFAULTS = {
     'applicability': 'auto',
     'mode': 'effective',
     'partial': 'warning',
+    'collection': 'auto',
     'proc_path': '/proc',
     'dpkg_status_file': '/var/lib/dpkg/status',
     'rpm_command': ('rpm',),
@@ -96,6 +98,7 @@ ENUMS = {
     'applicability': {'auto', 'always'},
     'mode': {'effective', 'literal'},
     'partial': {'warning', 'critical', 'ok'},
+    'collection': {'auto', 'save', 'listing'},
 }
 # Options naming a program or a file: refused from untrusted config providers when the Agent enforces it.
 TRUSTED_PROVIDER_OPTIONS = {

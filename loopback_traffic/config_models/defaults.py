@@ -8,6 +8,10 @@ def instance_applicability():
     return 'auto'
 
 
+def instance_collection():
+    return 'auto'
+
+
 def instance_disable_generic_tags():
     return False
 

@@ -56,6 +56,7 @@ class InstanceConfig(BaseModel):
         frozen=True,
     )
     applicability: Optional[Literal['auto', 'always']] = None
+    collection: Optional[Literal['auto', 'save', 'listing']] = None
     disable_generic_tags: Optional[bool] = None
     dpkg_status_file: Optional[str] = None
     empty_default_hostname: Optional[bool] = None
