@@ -7,10 +7,10 @@ once and again only when the RPM database changes.
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from typing import FrozenSet, Iterable, Optional, Tuple
 
+from .collect import CollectionError, run_command
 from .config import Options
 from .requirements import IPV6
 
@@ -47,6 +47,19 @@ def installed_in_dpkg_status(text: str, packages: Iterable[str]) -> FrozenSet[st
     return frozenset(found)
 
 
+def _newest_change(path: str, status: os.stat_result) -> float:
+    """A directory (the RPM database) changes in its files, not in its own entry."""
+    newest = status.st_mtime
+    if os.path.isdir(path):
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+        except OSError:
+            pass
+    return newest
+
+
 class PackageDatabase:
     """Which of the watched packages are installed, cached until the database changes."""
 
@@ -72,7 +85,7 @@ class PackageDatabase:
             status = os.stat(path)
         except OSError as error:
             raise ApplicabilityError('cannot read {}: {}'.format(path, error.strerror or error))
-        stamp = (path, status.st_mtime, status.st_size)
+        stamp = (path, _newest_change(path, status), status.st_size)
         if stamp != self._stamp:
             self._installed = load(path)
             self._stamp = stamp
@@ -90,11 +103,26 @@ class PackageDatabase:
     def _query_rpm(self, path: str) -> FrozenSet[str]:
         argv = list(self.options.rpm_command) + ['-q', '--qf', '%{NAME}\\n'] + sorted(WATCHED_PACKAGES)
         try:
-            completed = subprocess.run(argv, capture_output=True, text=True, timeout=self.options.timeout, check=False)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise ApplicabilityError('cannot query the RPM database with {}: {}'.format(' '.join(argv), error))
-        # rpm prints "package X is not installed" for the missing ones and exits non-zero.
-        return frozenset(line.strip() for line in completed.stdout.splitlines() if line.strip() in WATCHED_PACKAGES)
+            output = run_command(argv, self.options.timeout, 1 << 20)
+        except CollectionError as error:
+            raise ApplicabilityError('cannot query the RPM database: {}'.format(error))
+        # rpm lists the installed ones by name and says "package X is not installed" for the others; anything
+        # else (an error on stderr, a package it said nothing about) means the answer cannot be trusted.
+        installed = set()
+        answered = set()
+        for line in output.stdout.splitlines():
+            words = line.split()
+            if len(words) == 1 and words[0] in WATCHED_PACKAGES:
+                installed.add(words[0])
+                answered.add(words[0])
+            elif line.startswith('package ') and line.endswith(' is not installed') and line.split()[1] in WATCHED_PACKAGES:
+                answered.add(line.split()[1])
+        if output.stderr.strip() or answered != WATCHED_PACKAGES:
+            reason = output.stderr.strip().splitlines()[0] if output.stderr.strip() else 'unexpected output'
+            raise ApplicabilityError(
+                'cannot query the RPM database with {}: {} (or set `applicability: always`)'.format(' '.join(argv), reason)
+            )
+        return frozenset(installed)
 
 
 def ipv6_disabled(proc_path: str) -> Optional[str]:

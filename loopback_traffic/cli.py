@@ -32,8 +32,14 @@ def _families(text: str) -> List[str]:
     return families
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # exit 3 (UNKNOWN) like every other usage error, not argparse's 2 (CRITICAL)
+        self.print_usage(sys.stderr)
+        self.exit(USAGE_ERROR, '{}: error: {}\n'.format(self.prog, message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog='loopback-traffic',
         description='Tell whether this host\'s iptables rules handle loopback traffic as the compliance rules '
         'set_loopback_traffic and set_ipv6_loopback_traffic require.',
@@ -58,10 +64,15 @@ def _load_config(path: str) -> Dict[str, Any]:
     import yaml
 
     with open(path, encoding='utf-8') as config_file:
-        document = yaml.safe_load(config_file) or {}
+        try:
+            document = yaml.safe_load(config_file) or {}
+        except yaml.YAMLError as error:
+            raise InvalidConfiguration('{} is not valid YAML: {}'.format(path, error))
     instances = document.get('instances') if isinstance(document, dict) else None
-    if not instances:
-        raise InvalidConfiguration('{} has no instances'.format(path))
+    if not isinstance(instances, list) or not instances:
+        raise InvalidConfiguration('{} has no list of instances'.format(path))
+    if instances[0] is not None and not isinstance(instances[0], dict):
+        raise InvalidConfiguration('the first instance of {} is not a mapping of options'.format(path))
     return dict(instances[0] or {})
 
 
@@ -85,6 +96,8 @@ def _instance(arguments: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _file_texts(arguments: argparse.Namespace) -> Dict[str, Collected]:
+    if arguments.iptables_save == '-' and arguments.ip6tables_save == '-':
+        raise InvalidConfiguration('standard input can feed one ruleset only: give the other one as a file')
     files: Dict[str, Collected] = {}
     if arguments.example:
         files[IPV4] = _read_input(os.path.join(EXAMPLES_DIR, arguments.example + '.rules'))
