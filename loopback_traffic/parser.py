@@ -6,6 +6,7 @@ escapes the next character and the closing quote ends the argument.
 """
 from __future__ import annotations
 
+import itertools
 import re
 from types import MappingProxyType
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -393,47 +394,35 @@ def parse_ruleset(
     lines = _numbered_lines(source)
     warnings: List[SaveWarning] = []
     for number, text in lines:
-        if not text.strip():
+        if _comment_or_blank(text, number, warnings):
             continue
-        if text.startswith('#'):
-            warning = _comment_warning(text, number)
-            if warning:
-                warnings.append(warning)
-            continue
+        rest = itertools.chain([(number, text)], lines)
         if text.startswith('*'):
-            return _parse_save(text, number, lines, wanted, warnings)
+            return _parse_save(rest, wanted, warnings)
         if text.startswith('-'):
-            return _parse_listing(text, number, lines, listing_table, warnings)
+            return _parse_listing(rest, listing_table, warnings)
         raise ParseError(number, 'not iptables-save or iptables -S output', text)
     return Ruleset(MappingProxyType({}), tuple(warnings))
 
 
-def _parse_save(
-    first: str,
-    first_number: int,
-    lines: Iterator[Tuple[int, str]],
-    wanted: Optional[frozenset],
-    warnings: List[SaveWarning],
-) -> Ruleset:
+def _comment_or_blank(text: str, number: int, warnings: List[SaveWarning]) -> bool:
+    """Skip a blank line or a comment, keeping the comments that are warnings."""
+    if not text.strip():
+        return True
+    if text.startswith('#'):
+        warning = _comment_warning(text, number)
+        if warning:
+            warnings.append(warning)
+        return True
+    return False
+
+
+def _parse_save(lines: Iterator[Tuple[int, str]], wanted: Optional[frozenset], warnings: List[SaveWarning]) -> Ruleset:
     parsed: Dict[str, Table] = {}
     skipped: List[str] = []
     seen = set()
-    pending: Optional[Tuple[int, str]] = (first_number, first)
-    while True:
-        if pending is not None:
-            number, text = pending
-            pending = None
-        else:
-            try:
-                number, text = next(lines)
-            except StopIteration:
-                break
-        if not text.strip():
-            continue
-        if text.startswith('#'):
-            warning = _comment_warning(text, number)
-            if warning:
-                warnings.append(warning)
+    for number, text in lines:
+        if _comment_or_blank(text, number, warnings):
             continue
         if not text.startswith('*'):
             raise ParseError(number, "expected a table header such as '*filter'", text)
@@ -508,30 +497,10 @@ def _parse_chain_line(text: str, number: int) -> Tuple[str, Optional[str], Optio
     return chain, (None if policy == '-' else policy), counters
 
 
-def _parse_listing(
-    first: str,
-    first_number: int,
-    lines: Iterator[Tuple[int, str]],
-    table_name: str,
-    warnings: List[SaveWarning],
-) -> Ruleset:
+def _parse_listing(lines: Iterator[Tuple[int, str]], table_name: str, warnings: List[SaveWarning]) -> Ruleset:
     table = _TableBuilder(table_name, 0)
-    pending: Optional[Tuple[int, str]] = (first_number, first)
-    while True:
-        if pending is not None:
-            number, text = pending
-            pending = None
-        else:
-            try:
-                number, text = next(lines)
-            except StopIteration:
-                break
-        if not text.strip():
-            continue
-        if text.startswith('#'):
-            warning = _comment_warning(text, number)
-            if warning:
-                warnings.append(warning)
+    for number, text in lines:
+        if _comment_or_blank(text, number, warnings):
             continue
         parts = text.split()
         command = parts[0]
