@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import re
 import selectors
+import shutil
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -155,16 +157,24 @@ def run_save(options: Options, family: str, backend: str, table: Optional[str] =
 
 def read_file(path: str, max_output_bytes: int) -> Collected:
     try:
-        with open(path, 'rb') as saved:
-            data = saved.read(max_output_bytes + 1)
+        # O_NONBLOCK: a FIFO must not block the check; it is refused below as not a regular file.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise CollectionError('saved ruleset {} does not exist (option `ruleset_files`)'.format(path))
-    except IsADirectoryError:
-        raise CollectionError('saved ruleset {} is a directory, not a file (option `ruleset_files`)'.format(path))
     except PermissionError:
         raise CollectionError('saved ruleset {} is not readable by the Agent user'.format(path))
     except OSError as error:
         raise CollectionError('cannot read saved ruleset {}: {}'.format(path, error.strerror or error))
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        what = 'a directory, not a file' if stat.S_ISDIR(mode) else 'not a regular file'
+        raise CollectionError('saved ruleset {} is {} (option `ruleset_files`)'.format(path, what))
+    with os.fdopen(descriptor, 'rb') as saved:
+        try:
+            data = saved.read(max_output_bytes + 1)
+        except OSError as error:
+            raise CollectionError('cannot read saved ruleset {}: {}'.format(path, error.strerror or error))
     if len(data) > max_output_bytes:
         raise CollectionError('saved ruleset {} is larger than {} bytes (option `max_output_bytes`)'.format(path, max_output_bytes))
     return collected_text(data.decode('utf-8', 'surrogateescape'), path)
@@ -179,6 +189,7 @@ _EXTENSION_TARGETS = frozenset(
 _SMALL_TABLES = ('raw', 'mangle', 'security')
 EVALUATED_TABLE_NAMES = ('raw', 'mangle', 'filter', 'security')
 _LISTED_CHAINS = ('INPUT', 'OUTPUT')
+_MAX_LISTED_CHAINS = 8
 _NO_SUCH_CHAIN = ('No chain/target/match by that name', 'does not exist', "doesn't exist")
 _JUMP = re.compile(r' -[jg] (\S+)')
 
@@ -192,7 +203,11 @@ def listing_command(options: Options, family: str, backend: str) -> Optional[Lis
 
 
 def _no_such_chain(chain: str, stderr: str) -> bool:
-    # iptables-nft calls a chain it does not have "incompatible"; legacy says there is no such chain.
+    # A jump target that is no chain: legacy says so; iptables-nft says "chain `X' in table `filter' is
+    # incompatible" for a chain it does not have and for one it cannot show, so that answer is only
+    # taken for a chain that no listing has declared (see list_rules) and never for a built-in chain.
+    if chain in _LISTED_CHAINS:
+        return False
     return any(text in stderr for text in _NO_SUCH_CHAIN) or "chain `{}' in table".format(chain) in stderr
 
 
@@ -212,33 +227,60 @@ def list_rules(options: Options, family: str, backend: str = NFT) -> List[Tuple[
     if base is None:
         raise CollectionError('cannot derive a listing command from {}'.format(command_line(save_command(options, family, backend))))
     listings = [(table, _list(base, options, table)) for table in _SMALL_TABLES]
+    filter_listings: List[Tuple[str, CommandOutput]] = []
     pending = list(_LISTED_CHAINS)
     seen = set(pending)
     while pending:
+        if len(seen) > _MAX_LISTED_CHAINS:
+            # Many small chains (ufw has ~35): one listing of the whole table costs less than a process each.
+            return listings + [('filter', _list(base, options, 'filter'))]
         chain = pending.pop()
         output = _list(base, options, 'filter', chain)
         if output.returncode != 0:
             continue  # an extension target after all
-        listings.append(('filter', output))
+        filter_listings.append(('filter', output))
         for target in _JUMP.findall(output.stdout):
             if target not in seen and target not in _EXTENSION_TARGETS:
                 seen.add(target)
                 pending.append(target)
-    return listings
+    return listings + filter_listings
+
+
+def _is_nft_tool(name: str) -> bool:
+    """Whether an iptables binary is the nf_tables variant (the Debian alternatives point to
+    xtables-nft-multi or xtables-legacy-multi). Listing a table with the legacy variant loads its
+    kernel module, which creates the table: the check must not change the firewall, so only the nft
+    variant is used for listings."""
+    found = shutil.which(name)
+    return bool(found) and 'nft' in os.path.basename(os.path.realpath(found))
+
+
+def _legacy_tables(options: Options, family: str) -> Optional[List[str]]:
+    """The evaluated tables that exist in the legacy backend, from /proc (None if it cannot be read)."""
+    names = os.path.join(options.proc_path, 'net', 'ip_tables_names' if family == IPV4 else 'ip6_tables_names')
+    try:
+        with open(names) as names_file:
+            present = set(names_file.read().split())
+    except OSError:
+        return None
+    return [table for table in EVALUATED_TABLE_NAMES if table in present]
 
 
 def _collect_backend(options: Options, family: str, backend: str) -> Tuple[Collected, bool]:
     """One backend's ruleset, and whether the tool said that legacy tables are present too."""
-    if options.collection == 'listing' or (options.collection == 'auto' and not options.use_sudo and backend == NFT):
+    listing = listing_command(options, family, backend)
+    if options.collection == 'listing' and backend == NFT and listing is not None and _is_nft_tool(listing[-3]):
         listings = list_rules(options, family, backend)
-        origin = command_line(listing_command(options, family, backend) or []) + ' -S'
         pieces = tuple((output.stdout, table) for table, output in listings)
         warned = any(LEGACY_TABLES_WARNING in output.stderr for _, output in listings)
-        return Collected(backend, origin, pieces), warned
-    if backend == LEGACY:
-        # Per table: the legacy save tool reads one table without the xtables lock and without the nat table.
-        saves = [run_save(options, family, backend, table) for table in EVALUATED_TABLE_NAMES]
-        return Collected(backend, saves[0][0].rsplit(' -t ', 1)[0] + ' -t ...', tuple((out.stdout, None) for _, out in saves)), False
+        return Collected(backend, command_line(listing) + ' -S', pieces), warned
+    tables = _legacy_tables(options, family) if backend == LEGACY else None
+    if tables:  # none listed: /proc may be another namespace's (a wrapped command); read everything
+        # Only the tables that exist, one at a time: reading one does not read the (large) nat table,
+        # takes no lock, and never creates a table that was not there.
+        saves = [run_save(options, family, backend, table) for table in tables]
+        origin = command_line(save_command(options, family, backend)) + ' -t ' + ','.join(tables)
+        return Collected(backend, origin, tuple((output.stdout, None) for _, output in saves)), False
     origin, output = run_save(options, family, backend)
     return Collected(backend, origin, ((output.stdout, None),)), LEGACY_TABLES_WARNING in output.stderr
 

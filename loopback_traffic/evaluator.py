@@ -293,15 +293,14 @@ def _walk_hook(source: Source, hook: Hook, packets: PacketClass, required: str, 
     return _HookResult(hook, source, _status_of(summary.verdict, required, deviations), summary.verdict, summary.decided_by, deviations)
 
 
-def _check_incompatible(sources: Sequence[Source], hooks: Iterable[Hook]) -> None:
-    tables = {hook.table for hook in hooks}
+def _check_incompatible(sources: Sequence[Source]) -> None:
+    """Rules the iptables tools cannot show may drop anything, in any table (nat too): never a pass."""
     for source in sources:
         for warning in source.ruleset.warnings_of(INCOMPATIBLE_TABLE):
-            if warning.table in tables:
-                raise Unevaluable(
-                    "line {}: table `{}' holds rules the iptables tools cannot show (native nftables rules); "
-                    "inspect them with 'nft list ruleset'".format(warning.line, warning.table)
-                )
+            raise Unevaluable(
+                "line {}: table `{}' holds rules the iptables tools cannot show (native nftables rules); "
+                "inspect them with 'nft list ruleset'".format(warning.line, warning.table)
+            )
 
 
 def _table_flag(table: str) -> str:
@@ -524,7 +523,7 @@ def evaluate(rule: ComplianceRule, sources: Sequence[Source], mode: str = EFFECT
         raise ValueError('at least one ruleset is needed')
     evaluate_requirement = _evaluate_requirement_literal if mode == LITERAL else _evaluate_requirement_effective
     try:
-        _check_incompatible(sources, (hook for requirement in REQUIREMENTS for hook in requirement.path))
+        _check_incompatible(sources)
         results = tuple(evaluate_requirement(rule, requirement, sources) for requirement in REQUIREMENTS)
         count = _reachable_rule_count(sources)
     except Unevaluable as error:

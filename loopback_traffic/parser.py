@@ -356,7 +356,8 @@ def _chain_of_rule_line(text: str, line: int) -> str:
     return chain
 
 
-_INCOMPATIBLE = re.compile(r"^# Table `([^']*)' is incompatible")
+# "is incompatible" (the whole table) and "contains incompatible base-chains" (shown without them).
+_INCOMPATIBLE = re.compile(r"^# Table `([^']*)' (?:is incompatible|contains incompatible)")
 _LEGACY_WARNING = '# Warning: iptables-legacy tables present'
 
 

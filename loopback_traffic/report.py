@@ -51,7 +51,17 @@ def _noteworthy(result: RuleResult) -> List[RequirementResult]:
     return sorted((r for r in result.requirements if r.status is not Status.PASS), key=lambda r: -r.status)
 
 
+def printable(text: str) -> str:
+    """Rule text may hold bytes that are not UTF-8 (kept as surrogates): show them escaped, so that the
+    message can be encoded and sent."""
+    return text.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+
+
 def message(result: RuleResult) -> str:
+    return printable(_message(result))
+
+
+def _message(result: RuleResult) -> str:
     """One or two lines for the person on call: what fails and where, then the fix."""
     if result.status is Status.UNKNOWN:
         return '{} could not be evaluated: {}'.format(result.rule.name, result.error)
@@ -152,7 +162,7 @@ def to_text(outcome: Outcome, partial: str) -> str:
         lines.append('  evaluated: {} ({} mode)'.format(', '.join(outcome.origins), result.mode))
     if result.status is Status.UNKNOWN:
         lines.append('  could not evaluate: {}'.format(result.error))
-        return '\n'.join(lines) + '\n'
+        return printable('\n'.join(lines) + '\n')
     for requirement in result.requirements:
         lines.append('  [{}] {}: {}'.format(_REQUIREMENT_WORDS[requirement.status].upper(), requirement.requirement, requirement.explanation))
         for deviation in requirement.deviations[:10]:
@@ -161,4 +171,4 @@ def to_text(outcome: Outcome, partial: str) -> str:
             lines.append('      ... and {} more'.format(len(requirement.deviations) - 10))
         for fix in requirement.remediation:
             lines.append('      fix: {}'.format(fix))
-    return '\n'.join(lines) + '\n'
+    return printable('\n'.join(lines) + '\n')
