@@ -103,7 +103,7 @@ class PackageDatabase:
     def _query_rpm(self, path: str) -> FrozenSet[str]:
         argv = list(self.options.rpm_command) + ['-q', '--qf', '%{NAME}\\n'] + sorted(WATCHED_PACKAGES)
         try:
-            output = run_command(argv, self.options.timeout, 1 << 20)
+            output = run_command(argv, self.options.timeout, 1 << 20, 'set `rpm_command`, or `applicability: always`')
         except CollectionError as error:
             raise ApplicabilityError('cannot query the RPM database: {}'.format(error))
         # rpm lists the installed ones by name and says "package X is not installed" for the others; anything

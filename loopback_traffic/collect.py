@@ -59,7 +59,12 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def run_command(argv: Sequence[str], timeout: float, max_output_bytes: int) -> CommandOutput:
+_NOT_FOUND_HINT = 'install the iptables package or set the command path'
+
+
+def run_command(
+    argv: Sequence[str], timeout: float, max_output_bytes: int, not_found_hint: str = _NOT_FOUND_HINT
+) -> CommandOutput:
     """Run ``argv`` (no shell) with a deadline and a bound on the output it may produce.
 
     ``get_subprocess_output`` has neither, so this reads the pipes itself; on timeout or overflow the
@@ -76,7 +81,9 @@ def run_command(argv: Sequence[str], timeout: float, max_output_bytes: int) -> C
             env=dict(os.environ, LC_ALL='C'),
         )
     except FileNotFoundError:
-        raise CollectionError('{} was not found: install the iptables package or set the command path'.format(argv[0]))
+        if argv[0] == 'sudo':
+            not_found_hint = 'install sudo, or set `use_sudo: false` and give the Agent CAP_NET_ADMIN'
+        raise CollectionError('{} was not found: {}'.format(argv[0], not_found_hint))
     except PermissionError:
         raise CollectionError('{} is not executable by the Agent user'.format(argv[0]))
     except OSError as error:
@@ -138,7 +145,7 @@ def _explain_failure(argv: Sequence[str], output: CommandOutput, use_sudo: bool)
     if 'incompatible' in stderr:
         return "{} failed: {} (native nftables rules; inspect them with 'nft list ruleset')".format(name, first)
     if 'Address family not supported' in stderr or 'Table does not exist' in stderr:
-        return '{} failed: {} (is this family disabled in the kernel?)'.format(name, first)
+        return '{} failed: {} (this family is off in the kernel: set `applicability: auto` or remove it from `families`)'.format(name, first)
     return '{} exited with status {}: {}'.format(name, output.returncode, first)
 
 

@@ -298,11 +298,6 @@ def test_save_command_is_a_directory(aggregator, dd_run_check, caplog, tmp_path)
     fault_then_recovery(check, dd_run_check, aggregator, caplog, ['{} is not executable'.format(tmp_path)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='collect.run_command: with use_sudo the missing executable is sudo, but the message says to install '
-    'the iptables package',
-)
 def test_use_sudo_where_sudo_is_not_installed(aggregator, dd_run_check, caplog, tool, monkeypatch):
     # The Agent's container image has no sudo: PATH holds the save tool but no sudo.
     tool.good()
@@ -597,16 +592,11 @@ def test_ip6tables_where_the_kernel_has_no_ipv6(aggregator, dd_run_check, caplog
     check = make_check(families=['ipv6'], ip6tables_save_command=tool6.argv, collection=collection)
     fault_then_recovery(
         check, dd_run_check, aggregator, caplog,
-        [tool6.prefix, 'Address family not supported by protocol', 'is this family disabled in the kernel?'],
+        [tool6.prefix, 'Address family not supported by protocol', 'this family is off in the kernel'],
         fix=tool6.good, tags=V6_TAGS,
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='collect._explain_failure: "Address family not supported" only asks "is this family disabled in the '
-    'kernel?"; it should name the fix: `applicability: auto` (IPv6 disabled -> not applicable) or remove ipv6 from `families`',
-)
 def test_ip6tables_without_ipv6_names_the_option_that_fixes_it(aggregator, dd_run_check, tool6):
     tool6.script('echo "ip6tables-save v1.8.9 (legacy): can\'t initialize ip6tables table: Address family not supported by protocol" >&2\nexit 1')
     check = make_check(families=['ipv6'], ip6tables_save_command=tool6.argv)
@@ -973,11 +963,6 @@ def fake_rpm_answer(tmp_path, *installed):
     return answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='collect.run_command (used for rpm too): a missing command is always "install the iptables package or set '
-    'the command path"; for the rpm command the fix is `rpm_command` (or `applicability: always`)',
-)
 def test_rpm_command_missing_names_the_option(aggregator, dd_run_check, tmp_path):
     (tmp_path / 'rpmdb').mkdir()
     check = make_check(
