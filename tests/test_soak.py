@@ -106,7 +106,8 @@ def assert_no_growth(samples, title):
     baseline = next(row for row in samples.rows if row[0] >= min(WARM_UP, samples.rows[-1][0]))
     _, rss_start, fds_start, children_start = baseline
     _, rss_end, fds_end, children_end = samples.rows[-1]
-    assert children_start == 0 and children_end == 0, samples.rows
+    # Relative to the start: a process left over by an earlier test in the same session is not this check's.
+    assert children_end <= children_start, samples.rows
     assert max(row[2] for row in samples.rows if row[0] >= baseline[0]) <= fds_start, samples.rows
     assert rss_end - rss_start < RSS_NOISE_KB, samples.rows
 
@@ -159,6 +160,7 @@ CONCURRENT_RUNS = max(RUNS // 3, 30)
 
 
 def test_instances_side_by_side_keep_their_own_options_and_results(netns, aggregator, tmp_path):
+    children_before = set(children())
     netns.restore(CIS_V4, 'ipv4')
     misordered = tmp_path / 'misordered.v4'
     misordered.write_text(MISORDERED)
@@ -230,4 +232,4 @@ def test_instances_side_by_side_keep_their_own_options_and_results(netns, aggreg
     # Their options did not leak into each other.
     assert checks['literal'].options.mode == 'literal' and checks['misordered'].options.mode == 'effective'
     assert checks['partial-critical'].options.partial == 'critical' and checks['literal'].options.partial == 'warning'
-    assert children() == []
+    assert set(children()) <= children_before
