@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from typing import Optional
+from typing import Iterable, Optional
 
 from .model import Match, Option, Rule
 from .requirements import Interfaces, IPNetwork, PacketClass
@@ -95,28 +95,25 @@ def _option_relation(option: Option, packets: PacketClass) -> Relation:
     return _invert(relation) if option.negated else relation
 
 
+def _conjunction(relations: Iterable[Relation]) -> Relation:
+    """All conditions of a rule must hold: NONE if one can never hold, ALL if every one always does."""
+    result = ALL
+    for relation in relations:
+        if relation is NONE:
+            return NONE
+        if relation is SOME:
+            result = SOME
+    return result
+
+
 def _match_relation(match: Match, packets: PacketClass) -> Relation:
     if match.module in _ALWAYS_MATCHING_MODULES:
         return ALL
     if match.module:
         return SOME
-    relation = ALL
-    for option in match.options:
-        option_relation = _option_relation(option, packets)
-        if option_relation is NONE:
-            return NONE
-        if option_relation is SOME:
-            relation = SOME
-    return relation
+    return _conjunction(_option_relation(option, packets) for option in match.options)
 
 
 def classify(rule: Rule, packets: PacketClass) -> Relation:
     """NONE if the rule can match no packet of the class, ALL if it matches every one, else SOME."""
-    relation = ALL
-    for match in rule.matches:
-        match_relation = _match_relation(match, packets)
-        if match_relation is NONE:
-            return NONE
-        if match_relation is SOME:
-            relation = SOME
-    return relation
+    return _conjunction(_match_relation(match, packets) for match in rule.matches)

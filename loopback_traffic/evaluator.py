@@ -360,15 +360,14 @@ def _combine_accept(requirement: Requirement, results: Sequence[_HookResult]) ->
     )
     deviations = tuple(d for result in results for d in result.deviations)
     fixes = tuple(_accept_fix(requirement, r) for r in results if r.status is not Status.PASS)
-    return RequirementResult(
-        requirement.name,
-        status,
-        _explain(status, decisive, deviations),
-        decisive.deciding,
-        decisive.verdict,
-        deviations,
-        fixes,
-    )
+    return _requirement_result(requirement, status, decisive, deviations, fixes)
+
+
+def _requirement_result(
+    requirement: Requirement, status: Status, decisive: _HookResult, deviations: Tuple[Deviation, ...], fixes: Tuple[str, ...]
+) -> RequirementResult:
+    explanation = _explain(status, decisive, deviations)
+    return RequirementResult(requirement.name, status, explanation, decisive.deciding, decisive.verdict, deviations, fixes)
 
 
 def _combine_deny(rule: ComplianceRule, requirement: Requirement, results: Sequence[_HookResult], sources: Sequence[Source]) -> RequirementResult:
@@ -382,15 +381,7 @@ def _combine_deny(rule: ComplianceRule, requirement: Requirement, results: Seque
     if status is not Status.PASS:
         main = sources[0]
         fixes = (_drop_fix(rule, main, main.ruleset.chain('filter', 'INPUT')),)
-    return RequirementResult(
-        requirement.name,
-        status,
-        _explain(status, decisive, deviations),
-        decisive.deciding,
-        decisive.verdict,
-        deviations,
-        fixes,
-    )
+    return _requirement_result(requirement, status, decisive, deviations, fixes)
 
 
 def _evaluate_requirement_effective(rule: ComplianceRule, requirement: Requirement, sources: Sequence[Source]) -> RequirementResult:
