@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .classify import ALL, NONE, Relation, classify
 from .model import Chain, Rule, Ruleset, Table, INCOMPATIBLE_TABLE
-from .parser import ParseError
+from .parser import ParseError, rule_target_name
 from .requirements import (
     ACCEPT,
     DENY,
@@ -104,6 +104,11 @@ class _Summary:
 _RETURNED = _Summary(None, None, False, None)
 
 
+def _ends_the_walk(rule: Rule) -> bool:
+    target = rule.target
+    return target is not None and (target.name in _VERDICT_TARGETS or target.name == 'RETURN' or target.goto)
+
+
 class _ChainWalker:
     """Summaries of the chains of one table for one packet class, each computed once."""
 
@@ -116,9 +121,18 @@ class _ChainWalker:
         self.relations: Dict[str, Tuple[Relation, ...]] = {}
 
     def relations_of(self, chain: Chain) -> Tuple[Relation, ...]:
+        """How each rule the class can reach relates to it. The rules after one that ends the walk
+        for the whole class (a verdict, RETURN or -g matching all of it) are never reached, so they
+        are left out: a Kubernetes node's service chains behind an accept of lo are never read."""
         relations = self.relations.get(chain.name)
         if relations is None:
-            relations = self.relations[chain.name] = tuple(classify(rule, self.packets) for rule in chain.rules)
+            reached: List[Relation] = []
+            for rule in chain.rules:
+                relation = classify(rule, self.packets)
+                reached.append(relation)
+                if relation is ALL and _ends_the_walk(rule):
+                    break
+            relations = self.relations[chain.name] = tuple(reached)
         return relations
 
     def position(self, chain: Chain, index: int, rule: Rule) -> Position:
@@ -191,7 +205,7 @@ class _ChainWalker:
     def _summarise(self, chain: Chain) -> _Summary:
         after = self._end(chain)
         rules, relations = chain.rules, self.relations_of(chain)
-        for index in range(len(rules) - 1, -1, -1):
+        for index in range(len(relations) - 1, -1, -1):
             rule, relation = rules[index], relations[index]
             if relation is NONE or rule.target is None:
                 continue
@@ -475,6 +489,14 @@ def _evaluate_requirement_literal(rule: ComplianceRule, requirement: Requirement
 # --- both modes ----------------------------------------------------------------------------------
 
 
+def _jump_targets(chain: Chain) -> Iterator[str]:
+    if chain.is_parsed:
+        return (rule.target.name for rule in chain.rules if rule.target is not None)
+    # A chain the walk never entered (e.g. behind an accept of the whole class): count its rules
+    # and follow its jumps without building them.
+    return (name for name in map(rule_target_name, chain.raw_rules) if name is not None)
+
+
 def _reachable_rule_count(sources: Sequence[Source]) -> int:
     """Rules on the evaluated paths: the path chains and every user chain they can reach."""
     total = 0
@@ -493,9 +515,7 @@ def _reachable_rule_count(sources: Sequence[Source]) -> int:
                 seen.add(name)
                 chain = table.chains[name]
                 total += len(chain)
-                for rule in chain.rules:
-                    if rule.target is not None and rule.target.name in table.chains:
-                        stack.append(rule.target.name)
+                stack.extend(name for name in _jump_targets(chain) if name in table.chains)
     return total
 
 

@@ -50,54 +50,62 @@ class ParseError(ValueError):
 class Token(str):
     """An argument; ``quoted`` tells that it was written in double quotes (so it is always a value)."""
 
+    __slots__ = ()
     quoted: bool = False
 
 
-def _quoted_token(value: str) -> Token:
-    token = Token(value)
-    token.quoted = True
-    return token
+class _QuotedToken(Token):
+    __slots__ = ()
+    quoted = True
+
+
+_quoted_token = _QuotedToken
 
 
 _UNQUOTED_ARGUMENT = re.compile(r'[^ \t\n]+')
+# An argument: unquoted characters, optionally followed by a double-quoted part, which ends it.
+_ARGUMENT = re.compile(r'([^ \t\n"]*)"((?:[^"\\]|\\.)*)"|[^ \t\n"]+', re.DOTALL)
+_ESCAPE = re.compile(r'\\(.)', re.DOTALL)
+
+
+def _tokenize_whole_quoted_arguments(text: str) -> Optional[List[Token]]:
+    """The common case, ``--comment "a b"``: every quoted part is a whole argument with no escapes.
+    None when the text is not of that shape."""
+    parts = text.split('"')
+    if len(parts) % 2 == 0:
+        return None
+    tokens: List[Token] = []
+    for index, part in enumerate(parts):
+        if index % 2:
+            tokens.append(_QuotedToken(part))
+            continue
+        if index < len(parts) - 1 and part[-1:] not in ('', ' ', '\t', '\n'):
+            return None  # glued to the quote that opens after it: one argument
+        tokens.extend(Token(value) for value in _UNQUOTED_ARGUMENT.findall(part))
+    return tokens
 
 
 def tokenize(text: str, line: int = 0) -> List[Token]:
     """Split one rule line into arguments exactly as ``iptables-restore`` does."""
     if '"' not in text:
         return [Token(value) for value in _UNQUOTED_ARGUMENT.findall(text)]
+    if '\\' not in text:
+        simple = _tokenize_whole_quoted_arguments(text)
+        if simple is not None:
+            return simple
     tokens: List[Token] = []
-    buffer: List[str] = []
-    quote_open = escaped = quoted = False
-    for char in text:
-        if quote_open:
-            if escaped:
-                buffer.append(char)
-                escaped = False
-                continue
-            if char == '\\':
-                escaped = True
-                continue
-            if char != '"':
-                buffer.append(char)
-                continue
-            quote_open = False  # the closing quote ends the argument, even an empty one
-        elif char == '"':
-            quote_open = quoted = True
-            continue
-        elif char not in ' \t\n':
-            buffer.append(char)
-            continue
-        elif not buffer:
-            continue  # a run of blanks
-        value = ''.join(buffer)
-        tokens.append(_quoted_token(value) if quoted else Token(value))
-        buffer = []
-        quoted = False
-    if quote_open:
+    end = 0
+    for argument in _ARGUMENT.finditer(text):
+        if '"' in text[end : argument.start()]:
+            break  # a quote that no argument could close
+        end = argument.end()
+        quoted = argument.group(2)
+        if quoted is None:
+            tokens.append(Token(argument.group(0)))
+        else:
+            tokens.append(_quoted_token(argument.group(1) + (_ESCAPE.sub(r'\1', quoted) if '\\' in quoted else quoted)))
+    if '"' in text[end:]:
         raise ParseError(line, 'unterminated double quote', text)
-    if buffer:
-        tokens.append(Token(''.join(buffer)))
     return tokens
 
 
@@ -280,6 +288,20 @@ def _split_counters_prefix(text: str, line: int) -> Tuple[Optional[Counters], st
     return _parse_counter_pair(packets, octets, line, text), text[end + 1 :].lstrip(' \t')
 
 
+_TARGET_OPTIONS = frozenset(_JUMP + _GOTO)
+
+
+def rule_target_name(raw: RawRule) -> Optional[str]:
+    """The ``-j``/``-g`` target of a rule, without building its matches: enough to follow jumps
+    through chains the evaluation never walks."""
+    tokens = tokenize(_split_counters_prefix(raw.text, raw.line)[1], raw.line)
+    for index in range(2, len(tokens) - 1):
+        token = tokens[index]
+        if token in _TARGET_OPTIONS and not token.quoted:
+            return str(tokens[index + 1])
+    return None
+
+
 def parse_rule(raw: RawRule) -> Rule:
     """Parse one ``-A CHAIN ...`` line (with an optional ``[p:b]`` prefix) into a :class:`Rule`."""
     counters, text = _split_counters_prefix(raw.text, raw.line)
@@ -373,10 +395,63 @@ def _comment_warning(text: str, line: int) -> Optional[SaveWarning]:
 _TABLE_NAME = re.compile(r'^[A-Za-z0-9_]+$')
 
 
+class _TextLines:
+    """The numbered lines of a whole text (split on newlines, as iptables-restore does), able to
+    jump over a table the parse does not need without splitting it into lines."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.position = 0
+        self.number = 0
+
+    def __iter__(self) -> '_TextLines':
+        return self
+
+    def __next__(self) -> Tuple[int, str]:
+        start = self.position
+        if start >= len(self.text):
+            raise StopIteration
+        end = self.text.find('\n', start)
+        if end < 0:
+            end = len(self.text)
+        self.position = end + 1
+        self.number += 1
+        return self.number, self.text[start:end].rstrip('\r')
+
+    def skip_to_table_end(self) -> Optional[Tuple[int, str]]:
+        """Consume lines up to the next ``COMMIT`` or table header; return it (None at the end)."""
+        text = self.text
+        search_from = self.position - 1  # the newline before the current line (-1: start of text)
+        while True:
+            commit = _find_line_start(text, '\nCOMMIT', search_from)
+            header = _find_line_start(text, '\n*', search_from)
+            start = min(commit, header)
+            if start == len(text):
+                self.number += text.count('\n', self.position)
+                self.position = len(text)
+                return None
+            end = text.find('\n', start)
+            end = len(text) if end < 0 else end
+            line = text[start:end].rstrip('\r')
+            if start == header or line.rstrip() == 'COMMIT':
+                self.number += text.count('\n', self.position, start) + 1
+                self.position = end + 1
+                return self.number, line
+            search_from = end - 1  # "COMMIT" starting a longer line: look further
+
+
+def _find_line_start(text: str, marker: str, search_from: int) -> int:
+    """The index where a line starting with ``marker[1:]`` begins, at or after ``search_from + 1``."""
+    if search_from < 0 and text.startswith(marker[1:]):
+        return 0
+    found = text.find(marker, max(search_from, 0))
+    return len(text) if found < 0 else found + 1
+
+
 def _numbered_lines(source: Union[str, Iterable[str]]) -> Iterator[Tuple[int, str]]:
-    lines = source.splitlines() if isinstance(source, str) else source
-    for number, line in enumerate(lines, 1):
-        yield number, line.rstrip('\r\n')
+    if isinstance(source, str):
+        return _TextLines(source)
+    return ((number, line.rstrip('\r\n')) for number, line in enumerate(source, 1))
 
 
 def parse_ruleset(
@@ -397,11 +472,10 @@ def parse_ruleset(
     for number, text in lines:
         if _comment_or_blank(text, number, warnings):
             continue
-        rest = itertools.chain([(number, text)], lines)
         if text.startswith('*'):
-            return _parse_save(rest, wanted, warnings)
+            return _parse_save((number, text), lines, wanted, warnings)
         if text.startswith('-'):
-            return _parse_listing(rest, listing_table, warnings)
+            return _parse_listing(itertools.chain([(number, text)], lines), listing_table, warnings)
         raise ParseError(number, 'not iptables-save or iptables -S output', text)
     return Ruleset(MappingProxyType({}), tuple(warnings))
 
@@ -418,11 +492,13 @@ def _comment_or_blank(text: str, number: int, warnings: List[SaveWarning]) -> bo
     return False
 
 
-def _parse_save(lines: Iterator[Tuple[int, str]], wanted: Optional[frozenset], warnings: List[SaveWarning]) -> Ruleset:
+def _parse_save(
+    first: Tuple[int, str], lines: Iterator[Tuple[int, str]], wanted: Optional[frozenset], warnings: List[SaveWarning]
+) -> Ruleset:
     parsed: Dict[str, Table] = {}
     skipped: List[str] = []
     seen = set()
-    for number, text in lines:
+    for number, text in itertools.chain([first], lines):
         if _comment_or_blank(text, number, warnings):
             continue
         if not text.startswith('*'):
@@ -442,13 +518,17 @@ def _parse_save(lines: Iterator[Tuple[int, str]], wanted: Optional[frozenset], w
 
 
 def _skip_table(name: str, header_line: int, lines: Iterator[Tuple[int, str]]) -> None:
-    for number, text in lines:
-        first = text[:1]
-        if first == 'C' and text.rstrip() == 'COMMIT':
-            return
-        if first not in ('-', ':', '#', '[', '') and text.strip():
-            raise ParseError(number, 'unexpected line in table {}'.format(name), text)
-    raise ParseError(header_line, 'table {} is not closed by COMMIT (output cut off?)'.format(name))
+    """Go past a table that is not parsed: to its ``COMMIT``. Another table's header before it means
+    the table was cut off, which must not hide the next table."""
+    if isinstance(lines, _TextLines):
+        end = lines.skip_to_table_end()
+    else:
+        end = next(((number, text) for number, text in lines if text[:1] == '*' or text.rstrip() == 'COMMIT'), None)
+    if end is None:
+        raise ParseError(header_line, 'table {} is not closed by COMMIT (output cut off?)'.format(name))
+    number, text = end
+    if text.startswith('*'):
+        raise ParseError(number, 'unexpected line in table {}'.format(name), text)
 
 
 def _parse_table(name: str, header_line: int, lines: Iterator[Tuple[int, str]], warnings: List[SaveWarning]) -> Table:

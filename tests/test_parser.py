@@ -144,6 +144,23 @@ class TestSaveFormat:
         assert ruleset.skipped_tables == ('nat',)
         assert sorted(ruleset.tables) == ['filter', 'raw']
 
+    @pytest.mark.parametrize('as_lines', [False, True], ids=['text', 'lines'])
+    def test_skipping_a_table_keeps_line_numbers_and_stops_at_the_next_header(self, as_lines):
+        def parse(text):
+            return parse_ruleset(text.splitlines(True) if as_lines else text, tables={'filter'})
+
+        nat = '*nat\r\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j DNAT --to-destination 1.2.3.4\nCOMMITTED\n-A OUTPUT -j RETURN\nCOMMIT \n'
+        ruleset = parse(nat + '*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n')
+        assert ruleset.skipped_tables == ('nat',)
+        assert ruleset.chain('filter', 'INPUT').rules[0].line == 9
+        # A skipped table cut off before the next table must not swallow that table.
+        with pytest.raises(ParseError) as error:
+            parse('# c\n*nat\n-A OUTPUT -j RETURN\n*filter\n:INPUT DROP [0:0]\nCOMMIT\n')
+        assert (error.value.line, error.value.reason) == (4, 'unexpected line in table nat')
+        with pytest.raises(ParseError) as error:
+            parse('*nat\n-A OUTPUT -j RETURN\nCOMMITTED\n')
+        assert (error.value.line, error.value.reason) == (1, 'table nat is not closed by COMMIT (output cut off?)')
+
     def test_chains_are_tokenised_on_first_use(self):
         text = '*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n-A FORWARD -m comment --comment "oops\nCOMMIT\n'
         ruleset = parse_ruleset(text)

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from datadog_checks.loopback_traffic.evaluator import EFFECTIVE, LITERAL, Source, evaluate
 from datadog_checks.loopback_traffic.model import BUILTIN_CHAINS, Counters, Match, Option, Rule, Ruleset, Table, Target
-from datadog_checks.loopback_traffic.parser import ParseError, parse_rule, parse_ruleset
+from datadog_checks.loopback_traffic.parser import ParseError, parse_rule, parse_ruleset, tokenize
 from datadog_checks.loopback_traffic.model import Chain
 from datadog_checks.loopback_traffic.render import render_ruleset
 from datadog_checks.loopback_traffic.requirements import COMPLIANCE_RULES
@@ -96,3 +96,48 @@ def test_parser_raises_only_parse_errors(text):
         return
     for rule in COMPLIANCE_RULES:
         assert isinstance(evaluate(rule, [Source(ruleset)]), RuleResult)
+
+
+def _reference_tokenize(text):
+    """iptables-restore's add_param_to_argv, character by character: the oracle for the parser's
+    regular-expression tokeniser. Returns (value, quoted) pairs, or None for an unterminated quote."""
+    tokens, buffer = [], []
+    quote_open = escaped = quoted = False
+    for char in text:
+        if quote_open:
+            if escaped:
+                buffer.append(char)
+                escaped = False
+            elif char == '\\':
+                escaped = True
+            elif char != '"':
+                buffer.append(char)
+            else:
+                quote_open = False  # the closing quote ends the argument, even an empty one
+                tokens.append((''.join(buffer), True))
+                buffer, quoted = [], False
+            continue
+        if char == '"':
+            quote_open = quoted = True
+        elif char not in ' \t\n':
+            buffer.append(char)
+        elif buffer:
+            tokens.append((''.join(buffer), quoted))
+            buffer, quoted = [], False
+    if quote_open:
+        return None
+    if buffer:
+        tokens.append((''.join(buffer), quoted))
+    return tokens
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=st.sampled_from(' \t\n"\\ab-!\'') | st.characters(), max_size=40))
+def test_tokenizer_splits_like_iptables_restore(text):
+    expected = _reference_tokenize(text)
+    try:
+        tokens = tokenize(text)
+    except ParseError:
+        assert expected is None
+        return
+    assert [(str(token), token.quoted) for token in tokens] == expected
