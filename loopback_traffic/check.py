@@ -6,9 +6,10 @@ from typing import Dict, Optional
 from datadog_checks.base import AgentCheck, ConfigurationError
 
 from .applicability import Applicability, ApplicabilityChecker
+from .collect import unusable_commands
 from .config import InvalidConfiguration, parse_options
 from .config_models import ConfigMixin
-from .pipeline import Outcome, run_rule
+from .pipeline import InstanceState, Outcome, run_rule
 from .report import NAMESPACE, submissions
 from .requirements import rule_for_family
 from .results import RuleResult, Status
@@ -24,6 +25,8 @@ class LoopbackTrafficCheck(AgentCheck, ConfigMixin):
         except InvalidConfiguration as error:
             raise ConfigurationError(str(error))
         self.applicability = ApplicabilityChecker(self.options)
+        self.state = InstanceState()
+        self.check_initializations.append(self._check_commands)
         # What was last logged per family, so that a lasting problem is logged once, not every run.
         self._last_state: Dict[str, str] = {}
 
@@ -31,6 +34,10 @@ class LoopbackTrafficCheck(AgentCheck, ConfigMixin):
         # The package is importable as datadog_checks.loopback_traffic and, from a source tree, as
         # loopback_traffic: find the models next to this module either way.
         super().load_configuration_models(package_path or '{}.config_models'.format(__package__))
+
+    def _check_commands(self) -> None:
+        for problem in unusable_commands(self.options):
+            self.log.warning('loopback_traffic: %s; the check reports UNKNOWN until it is installed or configured', problem)
 
     def check(self, _):
         for family in self.options.families:
@@ -44,7 +51,7 @@ class LoopbackTrafficCheck(AgentCheck, ConfigMixin):
 
     def _run(self, family: str) -> Outcome:
         try:
-            return run_rule(self.options, family, self.applicability)
+            return run_rule(self.options, family, self.applicability, state=self.state)
         except Exception as error:  # a bug must not stop the other family or crash the Agent
             self.log.exception('loopback_traffic: unexpected error while evaluating %s', family)
             rule = rule_for_family(family)

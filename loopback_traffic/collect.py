@@ -12,11 +12,12 @@ import signal
 import stat
 import subprocess
 import time
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .config import LEGACY, NFT, Options
-from .requirements import IPV4
+from .model import BUILTIN_CHAINS
+from .requirements import IPV4, REQUIREMENTS
 
 LEGACY_TABLES_WARNING = 'iptables-legacy tables present'
 _READ_CHUNK = 1 << 16
@@ -62,17 +63,28 @@ def _kill_group(process: subprocess.Popen) -> None:
 _NOT_FOUND_HINT = 'install the iptables package or set the command path'
 
 
+_MAX_PARALLEL = 8
+
+
 def run_command(
     argv: Sequence[str], timeout: float, max_output_bytes: int, not_found_hint: str = _NOT_FOUND_HINT
 ) -> CommandOutput:
-    """Run ``argv`` (no shell) with a deadline and a bound on the output it may produce.
+    """Run ``argv`` (no shell) with a deadline and a bound on the output it may produce."""
+    return run_commands([argv], timeout, max_output_bytes, not_found_hint)[0]
 
-    ``get_subprocess_output`` has neither, so this reads the pipes itself; on timeout or overflow the
-    whole process group is killed and reaped, so no child or zombie is left behind.
-    """
-    name = command_line(argv)
+
+@dataclass
+class _Running:
+    argv: Sequence[str]
+    process: subprocess.Popen
+    chunks: Dict[str, List[bytes]]
+    sizes: Dict[str, int]
+    open_streams: int = 2
+
+
+def _start(argv: Sequence[str], not_found_hint: str) -> subprocess.Popen:
     try:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -87,50 +99,83 @@ def run_command(
     except PermissionError:
         raise CollectionError('{} is not executable by the Agent user'.format(argv[0]))
     except OSError as error:
-        raise CollectionError('cannot run {}: {}'.format(name, error.strerror or error))
-    stdout, stderr = _read_bounded(process, name, timeout, max_output_bytes)
-    return CommandOutput(
-        stdout.decode('utf-8', 'surrogateescape'), stderr.decode('utf-8', 'replace'), process.returncode
-    )
+        raise CollectionError('cannot run {}: {}'.format(command_line(argv), error.strerror or error))
 
 
-def _read_bounded(process: subprocess.Popen, name: str, timeout: float, max_output_bytes: int) -> Tuple[bytes, bytes]:
+def run_commands(
+    argvs: Sequence[Sequence[str]], timeout: float, max_output_bytes: int, not_found_hint: str = _NOT_FOUND_HINT
+) -> List[CommandOutput]:
+    """Run commands (no shell), up to eight at a time, all within one deadline, each bounded in the
+    output it may produce; their outputs in the order given.
+
+    ``get_subprocess_output`` has neither bound, so this reads the pipes itself; on timeout, overflow
+    or error every process group still running is killed and reaped: no child or zombie is left.
+    """
     deadline = time.monotonic() + timeout
-    chunks = {process.stdout: [], process.stderr: []}  # type: ignore[dict-item]
-    sizes = {process.stdout: 0, process.stderr: 0}
+    waiting = list(enumerate(argvs))
+    waiting.reverse()
+    running: Dict[int, _Running] = {}
+    results: Dict[int, CommandOutput] = {}
     with selectors.DefaultSelector() as selector:
-        for stream in chunks:
-            selector.register(stream, selectors.EVENT_READ)
         try:
-            while selector.get_map():
+            while waiting or running:
+                while waiting and len(running) < _MAX_PARALLEL:
+                    index, argv = waiting.pop()
+                    process = _start(argv, not_found_hint)
+                    running[index] = _Running(argv, process, {'out': [], 'err': []}, {'out': 0, 'err': 0})
+                    selector.register(process.stdout, selectors.EVENT_READ, (index, 'out'))
+                    selector.register(process.stderr, selectors.EVENT_READ, (index, 'err'))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    _kill_group(process)
-                    raise CollectionError('{} did not finish within {:g} s (option `timeout`)'.format(name, timeout))
+                    raise _timed_out(next(iter(running.values())).argv, timeout)
                 for key, _ in selector.select(remaining):
-                    data = os.read(key.fd, _READ_CHUNK)
-                    if not data:
-                        selector.unregister(key.fileobj)
+                    index, stream = key.data
+                    if _read_into(running[index], stream, key.fd, max_output_bytes):
                         continue
-                    sizes[key.fileobj] += len(data)
-                    if sizes[key.fileobj] > max_output_bytes:
-                        _kill_group(process)
-                        raise CollectionError(
-                            '{} printed more than {} bytes (option `max_output_bytes`)'.format(name, max_output_bytes)
-                        )
-                    chunks[key.fileobj].append(data)
-            remaining = max(deadline - time.monotonic(), 0.001)
-            try:
-                process.wait(remaining)
-            except subprocess.TimeoutExpired:
-                _kill_group(process)
-                raise CollectionError('{} did not finish within {:g} s (option `timeout`)'.format(name, timeout))
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()
+                    command = running[index]
+                    command.open_streams -= 1
+                    if command.open_streams == 0:
+                        results[index] = _finish(command, deadline, timeout)
+                        del running[index]
         finally:
-            for stream in chunks:
-                stream.close()
-            if process.returncode is None:
-                _kill_group(process)
-    return b''.join(chunks[process.stdout]), b''.join(chunks[process.stderr])
+            for command in running.values():
+                for pipe in (command.process.stdout, command.process.stderr):
+                    pipe.close()
+                if command.process.returncode is None:
+                    _kill_group(command.process)
+    return [results[index] for index in range(len(argvs))]
+
+
+def _timed_out(argv: Sequence[str], timeout: float) -> CollectionError:
+    return CollectionError('{} did not finish within {:g} s (option `timeout`)'.format(command_line(argv), timeout))
+
+
+def _read_into(command: _Running, stream: str, fd: int, max_output_bytes: int) -> bool:
+    """Read what a pipe has; False at its end."""
+    data = os.read(fd, _READ_CHUNK)
+    if not data:
+        return False
+    command.sizes[stream] += len(data)
+    if command.sizes[stream] > max_output_bytes:
+        raise CollectionError(
+            '{} printed more than {} bytes (option `max_output_bytes`)'.format(command_line(command.argv), max_output_bytes)
+        )
+    command.chunks[stream].append(data)
+    return True
+
+
+def _finish(command: _Running, deadline: float, timeout: float) -> CommandOutput:
+    try:
+        command.process.wait(max(deadline - time.monotonic(), 0.001))
+    except subprocess.TimeoutExpired:
+        raise _timed_out(command.argv, timeout)
+    return CommandOutput(
+        b''.join(command.chunks['out']).decode('utf-8', 'surrogateescape'),
+        b''.join(command.chunks['err']).decode('utf-8', 'replace'),
+        command.process.returncode,
+    )
 
 
 def _explain_failure(argv: Sequence[str], output: CommandOutput, use_sudo: bool) -> str:
@@ -193,12 +238,40 @@ _EXTENSION_TARGETS = frozenset(
     'TTL HL TCPMSS SECMARK CONNSECMARK MASQUERADE SNAT DNAT REDIRECT TPROXY TEE SET CHECKSUM IDLETIMER LED HMARK '
     'SYNPROXY NETMAP CLUSTERIP RATEEST'.split()
 )
-_SMALL_TABLES = ('raw', 'mangle', 'security')
 EVALUATED_TABLE_NAMES = ('raw', 'mangle', 'filter', 'security')
-_LISTED_CHAINS = ('INPUT', 'OUTPUT')
-_MAX_LISTED_CHAINS = 8
+# The chains on the evaluated paths, by table (spec section 2).
+PATH_CHAINS = {
+    table: tuple(sorted({hook.chain for requirement in REQUIREMENTS for hook in requirement.path if hook.table == table}))
+    for table in EVALUATED_TABLE_NAMES
+}
+# Listing whole tables is how iptables-nft reveals native base chains, and it costs about what a few
+# chain listings cost, until the family holds tens of thousands of chains (a Kubernetes node's nat
+# table): then every table listing pays for reading them all.
+CHEAP_TABLE_LISTING_SECONDS = 0.05
+# nat cannot drop, and its rules are never read (a Kubernetes node's service chains are there), but
+# native nftables rules in it can: its built-in chains are listed to hear the tool call them incompatible.
+_NAT_CHAINS = tuple(('nat', chain) for chain in BUILTIN_CHAINS['nat'])
 _NO_SUCH_CHAIN = ('No chain/target/match by that name', 'does not exist', "doesn't exist")
 _JUMP = re.compile(r' -[jg] (\S+)')
+
+
+@dataclass
+class ListingHistory:
+    """What one check instance learnt about listing this host's tables: per family, when the
+    tables were last listed whole and what that cost. Never shared between instances."""
+
+    whole_listing_cost: Dict[str, float] = field(default_factory=dict)
+    whole_listing_at: Dict[str, float] = field(default_factory=dict)
+
+    def whole_listing_due(self, family: str, interval: float, now: float) -> bool:
+        cost = self.whole_listing_cost.get(family)
+        if cost is None or cost <= CHEAP_TABLE_LISTING_SECONDS:
+            return True
+        return now - self.whole_listing_at[family] >= interval
+
+    def record_whole_listing(self, family: str, cost: float, now: float) -> None:
+        self.whole_listing_cost[family] = cost
+        self.whole_listing_at[family] = now
 
 
 def listing_command(options: Options, family: str, backend: str) -> Optional[List[str]]:
@@ -212,54 +285,78 @@ def listing_command(options: Options, family: str, backend: str) -> Optional[Lis
 def _no_such_chain(chain: str, stderr: str) -> bool:
     # A jump target that is no chain: legacy says so; iptables-nft says "chain `X' in table `filter' is
     # incompatible" for a chain it does not have and for one it cannot show, so that answer is only
-    # taken for a chain that no listing has declared (see list_rules) and never for a built-in chain.
-    if chain in _LISTED_CHAINS:
-        return False
+    # taken for a user chain (a path chain is built in and always exists) whose listing failed.
     return any(text in stderr for text in _NO_SUCH_CHAIN) or "chain `{}' in table".format(chain) in stderr
 
 
-def _list(base: List[str], options: Options, table: str, chain: Optional[str] = None) -> CommandOutput:
-    argv = base + ['-t', table, '-S'] + ([chain] if chain else [])
-    output = run_command(argv, options.timeout, options.max_output_bytes)
-    if output.returncode != 0 and not (chain and _no_such_chain(chain, output.stderr)):
-        raise CollectionError(_explain_failure(argv, output, options.use_sudo))
-    return output
+def _list(
+    base: List[str], options: Options, requests: Sequence[Tuple[str, Optional[str]]], with_nat: bool = False
+) -> List[Tuple[str, CommandOutput]]:
+    """``iptables -t TABLE -S [CHAIN]`` for each (table, chain), side by side (``with_nat``: the nat
+    chains with them); a user chain that turns out not to exist (an extension target after all)
+    gives no listing."""
+    requests = list(requests) + (list(_NAT_CHAINS) if with_nat else [])
+    argvs = [base + ['-t', table, '-S'] + ([chain] if chain else []) for table, chain in requests]
+    listings = []
+    for argv, (table, chain), output in zip(argvs, requests, run_commands(argvs, options.timeout, options.max_output_bytes)):
+        if output.returncode == 0:
+            if table in PATH_CHAINS:
+                listings.append((table, output))
+        elif not (chain and table in PATH_CHAINS and chain not in BUILTIN_CHAINS[table] and _no_such_chain(chain, output.stderr)):
+            raise CollectionError(_explain_failure(argv, output, options.use_sudo))
+    return listings
 
 
-def list_rules(options: Options, family: str, backend: str = NFT) -> List[Tuple[str, CommandOutput]]:
-    """Only what the evaluation reads: the small tables whole, and from ``filter`` the INPUT and
-    OUTPUT chains and the user chains they reach, one ``iptables -t filter -S CHAIN`` at a time. On a
-    Kubernetes node this skips the ``nat`` table and the service chains, which is almost all of it."""
+def _list_chains(base: List[str], options: Options) -> List[Tuple[str, CommandOutput]]:
+    """The path chains, then round by round the user chains they reach, each round side by side."""
+    requests: List[Tuple[str, Optional[str]]] = [(table, chain) for table in EVALUATED_TABLE_NAMES for chain in PATH_CHAINS[table]]
+    seen = set(requests)
+    listings: List[Tuple[str, CommandOutput]] = []
+    while requests:
+        found = _list(base, options, requests, with_nat=not listings)
+        listings.extend(found)
+        requests = []
+        for table, output in found:
+            for target in _JUMP.findall(output.stdout):
+                request = (table, target)
+                if target not in _EXTENSION_TARGETS and request not in seen:
+                    seen.add(request)
+                    requests.append(request)
+    return listings
+
+
+def list_rules(
+    options: Options, family: str, backend: str = NFT, history: Optional[ListingHistory] = None
+) -> List[Tuple[str, CommandOutput]]:
+    """Only what the evaluation reads, with the nf_tables ``iptables``: on a Kubernetes node this
+    skips the nat table and the service chains, which is almost all of it.
+
+    The four evaluated tables are listed whole (``iptables -t TABLE -S``) when that is cheap, or when
+    ``table_listing_interval`` has passed; otherwise only their path chains and the user chains they
+    reach (``iptables -t TABLE -S CHAIN``), which stays cheap whatever the size of the other tables.
+    """
     base = listing_command(options, family, backend)
     if base is None:
         raise CollectionError('cannot derive a listing command from {}'.format(command_line(save_command(options, family, backend))))
-    listings = [(table, _list(base, options, table)) for table in _SMALL_TABLES]
-    filter_listings: List[Tuple[str, CommandOutput]] = []
-    pending = list(_LISTED_CHAINS)
-    seen = set(pending)
-    while pending:
-        if len(seen) > _MAX_LISTED_CHAINS:
-            # Many small chains (ufw has ~35): one listing of the whole table costs less than a process each.
-            return listings + [('filter', _list(base, options, 'filter'))]
-        chain = pending.pop()
-        output = _list(base, options, 'filter', chain)
-        if output.returncode != 0:
-            continue  # an extension target after all
-        filter_listings.append(('filter', output))
-        for target in _JUMP.findall(output.stdout):
-            if target not in seen and target not in _EXTENSION_TARGETS:
-                seen.add(target)
-                pending.append(target)
-    return listings + filter_listings
+    history = history if history is not None else ListingHistory()
+    now = time.monotonic()
+    if not history.whole_listing_due(family, options.table_listing_interval, now):
+        return _list_chains(base, options)
+    listings = _list(base, options, [(table, None) for table in EVALUATED_TABLE_NAMES], with_nat=True)
+    history.record_whole_listing(family, time.monotonic() - now, now)
+    return listings
 
 
-def _is_nft_tool(name: str) -> bool:
-    """Whether an iptables binary is the nf_tables variant (the Debian alternatives point to
-    xtables-nft-multi or xtables-legacy-multi). Listing a table with the legacy variant loads its
-    kernel module, which creates the table: the check must not change the firewall, so only the nft
-    variant is used for listings."""
+def tool_kind(name: str) -> Optional[str]:
+    """Which backend an iptables binary is (NFT or LEGACY; None when it cannot tell): the Debian
+    alternatives point to xtables-nft-multi or xtables-legacy-multi. Listing a table with the legacy
+    variant loads its kernel module, which creates the table: the check must not change the
+    firewall, so only the nft variant is used for listings."""
     found = shutil.which(name)
-    return bool(found) and 'nft' in os.path.basename(os.path.realpath(found))
+    if not found:
+        return None
+    binary = os.path.basename(os.path.realpath(found))
+    return NFT if 'nft' in binary else LEGACY if 'legacy' in binary else None
 
 
 def _legacy_tables(options: Options, family: str) -> Optional[List[str]]:
@@ -273,26 +370,37 @@ def _legacy_tables(options: Options, family: str) -> Optional[List[str]]:
     return [table for table in EVALUATED_TABLE_NAMES if table in present]
 
 
-def _collect_backend(options: Options, family: str, backend: str) -> Tuple[Collected, bool]:
+def _collect_backend(options: Options, family: str, backend: str, history: Optional[ListingHistory]) -> Tuple[Collected, bool]:
     """One backend's ruleset, and whether the tool said that legacy tables are present too."""
+    configured = options.save_commands[(family, backend)]
+    kind = LEGACY if backend == LEGACY else tool_kind(configured[-1])
     listing = listing_command(options, family, backend)
-    if options.collection == 'listing' and backend == NFT and listing is not None and _is_nft_tool(listing[-3]):
-        listings = list_rules(options, family, backend)
+    # With sudo, only the save commands the README's sudoers line allows are run.
+    automatic = options.collection == 'auto' and kind == NFT and not options.use_sudo
+    if listing is not None and kind != LEGACY and (automatic or options.collection == 'listing'):
+        listings = list_rules(options, family, backend, history)
         pieces = tuple((output.stdout, table) for table, output in listings)
         warned = any(LEGACY_TABLES_WARNING in output.stderr for _, output in listings)
         return Collected(backend, command_line(listing) + ' -S', pieces), warned
-    tables = _legacy_tables(options, family) if backend == LEGACY else None
-    if tables:  # none listed: /proc may be another namespace's (a wrapped command); read everything
-        # Only the tables that exist, one at a time: reading one does not read the (large) nat table,
-        # takes no lock, and never creates a table that was not there.
-        saves = [run_save(options, family, backend, table) for table in tables]
+    # A wrapped command (nsenter ...) may read another namespace than the /proc the check sees.
+    tables = _legacy_tables(options, family) if kind == LEGACY and (backend == LEGACY or len(configured) == 1) else None
+    if tables:
+        # Only the tables that exist, side by side: reading one does not read the (large) nat
+        # table, takes no lock, and never creates a table that was not there.
+        argvs = [save_command(options, family, backend) + ['-t', table] for table in tables]
+        outputs = run_commands(argvs, options.timeout, options.max_output_bytes)
+        for argv, output in zip(argvs, outputs):
+            if output.returncode != 0:
+                raise CollectionError(_explain_failure(argv, output, options.use_sudo))
         origin = command_line(save_command(options, family, backend)) + ' -t ' + ','.join(tables)
-        return Collected(backend, origin, tuple((output.stdout, None) for _, output in saves)), False
+        return Collected(backend, origin, tuple((output.stdout, None) for output in outputs)), False
     origin, output = run_save(options, family, backend)
     return Collected(backend, origin, ((output.stdout, None),)), LEGACY_TABLES_WARNING in output.stderr
 
 
-def collect(options: Options, family: str, given: Optional[Collected] = None) -> List[Collected]:
+def collect(
+    options: Options, family: str, given: Optional[Collected] = None, history: Optional[ListingHistory] = None
+) -> List[Collected]:
     """The rulesets of one family: ``given``, the saved file, or the live ruleset plus, when the tool
     warns that legacy tables are present, the legacy ruleset."""
     if given is not None:
@@ -300,10 +408,25 @@ def collect(options: Options, family: str, given: Optional[Collected] = None) ->
     path = options.ruleset_files.get(family)
     if path is not None:
         return [read_file(path, options.max_output_bytes)]
-    main, legacy_present = _collect_backend(options, family, NFT)
+    main, legacy_present = _collect_backend(options, family, NFT, history)
     if not legacy_present:
         return [main]
-    return [main, _collect_backend(options, family, LEGACY)[0]]
+    return [main, _collect_backend(options, family, LEGACY, history)[0]]
+
+
+def unusable_commands(options: Options) -> List[str]:
+    """The configured programs the check will run that do not exist or are not executable, one
+    message each (checked at start; the runs report UNKNOWN with the fix until they are there)."""
+    programs = [options.save_commands[(family, NFT)][0] for family in options.families if family not in options.ruleset_files]
+    if options.use_sudo and programs:
+        programs.insert(0, 'sudo')
+    problems = []
+    for program in dict.fromkeys(programs):
+        # Behind sudo the program runs as root: it need only exist.
+        mode = os.F_OK if options.use_sudo and program != 'sudo' else os.X_OK
+        if shutil.which(program, mode=mode) is None:
+            problems.append('{} is not an existing executable{}'.format(program, '' if os.path.isabs(program) else ' on the PATH'))
+    return problems
 
 
 def iptables_command(family: str, backend: str) -> str:

@@ -27,6 +27,7 @@ SAVE_COMMAND_OPTIONS: Mapping[Tuple[str, str], str] = {
 }
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_OUTPUT_BYTES = 100 * 1024 * 1024
+DEFAULT_TABLE_LISTING_INTERVAL = 600.0
 
 
 class InvalidConfiguration(ValueError):
@@ -45,6 +46,7 @@ class Options:
     mode: str = 'effective'
     partial: str = 'warning'
     collection: str = 'auto'
+    table_listing_interval: float = DEFAULT_TABLE_LISTING_INTERVAL
     proc_path: str = '/proc'
     dpkg_status_file: str = '/var/lib/dpkg/status'
     rpm_command: Tuple[str, ...] = ('rpm',)
@@ -100,6 +102,15 @@ def _positive_number(instance: Mapping[str, Any], name: str, default: float) -> 
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise InvalidConfiguration('`{}` must be a number greater than 0, not {!r}'.format(name, value))
+    return float(value)
+
+
+def _number_at_least_zero(instance: Mapping[str, Any], name: str, default: float) -> float:
+    value = instance.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise InvalidConfiguration('`{}` must be a number of seconds, 0 or more, not {!r}'.format(name, value))
     return float(value)
 
 
@@ -160,6 +171,7 @@ def parse_options(instance: Optional[Mapping[str, Any]]) -> Options:
         mode=_choice(instance, 'mode', MODES, 'effective'),
         partial=_choice(instance, 'partial', PARTIAL, 'warning'),
         collection=_choice(instance, 'collection', COLLECTION, 'auto'),
+        table_listing_interval=_number_at_least_zero(instance, 'table_listing_interval', DEFAULT_TABLE_LISTING_INTERVAL),
         proc_path=_path(instance, 'proc_path', '/proc'),
         dpkg_status_file=_path(instance, 'dpkg_status_file', '/var/lib/dpkg/status'),
         rpm_command=_command(instance, 'rpm_command', ('rpm',)),

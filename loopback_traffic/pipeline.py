@@ -6,11 +6,11 @@ message that says what happened and how to fix it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 from .applicability import Applicability, ApplicabilityChecker, ApplicabilityError
-from .collect import Collected, CollectionError, collect, iptables_command
+from .collect import Collected, CollectionError, ListingHistory, collect, iptables_command
 from .config import LEGACY, Options
 from .evaluator import Source, evaluate
 from .model import Ruleset
@@ -28,6 +28,32 @@ class Outcome:
     origins: Tuple[str, ...] = ()  # where the rulesets came from
 
 
+@dataclass
+class InstanceState:
+    """What one check instance keeps between runs (never shared with another instance): the cost of
+    listing tables, and per family the last texts evaluated with their result. Evaluation is a pure
+    function of the texts, so identical texts (the common case every 15 s) reuse the result."""
+
+    listing: ListingHistory = field(default_factory=ListingHistory)
+    evaluated: Dict[str, Tuple[Tuple[Collected, ...], RuleResult]] = field(default_factory=dict)
+
+    def evaluate(self, options: Options, family: str, rule: ComplianceRule, collected: Tuple[Collected, ...]) -> RuleResult:
+        previous = self.evaluated.get(family)
+        if previous is not None and previous[0] == collected and previous[1].mode == options.mode:
+            return previous[1]
+        result = _evaluate(options, family, rule, collected)
+        self.evaluated[family] = (collected, result)
+        return result
+
+
+def _evaluate(options: Options, family: str, rule: ComplianceRule, collected: Tuple[Collected, ...]) -> RuleResult:
+    sources = [
+        Source(_parse(piece), iptables_command(family, piece.backend), LEGACY if piece.backend == LEGACY else '')
+        for piece in collected
+    ]
+    return evaluate(rule, sources, options.mode)
+
+
 def _unknown(rule: ComplianceRule, options: Options, error: str) -> RuleResult:
     return RuleResult(rule, Status.UNKNOWN, error=error, mode=options.mode)
 
@@ -42,7 +68,13 @@ def _parse(collected: Collected) -> Ruleset:
         raise CollectionError('unparseable output of {}: {}'.format(collected.origin, error))
 
 
-def run_rule(options: Options, family: str, checker: ApplicabilityChecker, given: Optional[Collected] = None) -> Outcome:
+def run_rule(
+    options: Options,
+    family: str,
+    checker: ApplicabilityChecker,
+    given: Optional[Collected] = None,
+    state: Optional[InstanceState] = None,
+) -> Outcome:
     rule = rule_for_family(family)
     started = time.monotonic()
     try:
@@ -54,13 +86,10 @@ def run_rule(options: Options, family: str, checker: ApplicabilityChecker, given
         return Outcome(rule, applicability, None, time.monotonic() - started)
     origins: Tuple[str, ...] = ()
     try:
-        collected = collect(options, family, given)
+        state = state if state is not None else InstanceState()
+        collected = tuple(collect(options, family, given, state.listing))
         origins = tuple(piece.origin for piece in collected)
-        sources = [
-            Source(_parse(piece), iptables_command(family, piece.backend), LEGACY if piece.backend == LEGACY else '')
-            for piece in collected
-        ]
-        result = evaluate(rule, sources, options.mode)
+        result = state.evaluate(options, family, rule, collected)
     except CollectionError as error:
         result = _unknown(rule, options, str(error))
     return Outcome(rule, applicability, result, time.monotonic() - started, origins)

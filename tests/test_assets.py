@@ -58,6 +58,7 @@ CHECK_OPTIONS = {
     'mode',
     'partial',
     'collection',
+    'table_listing_interval',
     'proc_path',
     'dpkg_status_file',
     'rpm_command',

@@ -152,6 +152,27 @@ def test_a_lasting_problem_is_logged_once_and_recovery_is_automatic(aggregator, 
     assert any('can be evaluated again' in r.getMessage() for r in caplog.records)
 
 
+def test_configured_commands_are_checked_at_start(aggregator, dd_run_check, caplog, tmp_path):
+    not_executable = tmp_path / 'ip6tables-save'
+    not_executable.write_text('#!/bin/sh\n')
+    check = make_check(iptables_save_command=['/nonexistent/iptables-save'], ip6tables_save_command=[str(not_executable)])
+    caplog.set_level(logging.INFO)
+    for _ in range(2):
+        dd_run_check(check)
+    warnings = [r.getMessage() for r in caplog.records if 'is not an existing executable' in r.getMessage()]
+    assert len([w for w in warnings if '/nonexistent/iptables-save is not an existing executable;' in w]) == 1
+    assert len([w for w in warnings if str(not_executable) + ' is not an existing executable;' in w]) == 1
+    # Not a configuration error: each run says UNKNOWN with the fix, and recovers once the tool is there.
+    aggregator.assert_service_check(SERVICE_CHECK, AgentCheck.UNKNOWN, tags=V4_TAGS, count=2)
+    aggregator.assert_service_check(SERVICE_CHECK, AgentCheck.UNKNOWN, tags=V6_TAGS, count=2)
+
+
+def test_commands_that_exist_give_no_warning_at_start(dd_run_check, caplog, saved):
+    caplog.set_level(logging.INFO)
+    dd_run_check(make_check(iptables_save_command=['true'], ip6tables_save_command=['true']))
+    assert not [r for r in caplog.records if 'is not an existing executable' in r.getMessage()]
+
+
 @pytest.mark.parametrize(
     'options, complaint',
     [
@@ -167,6 +188,7 @@ def test_a_lasting_problem_is_logged_once_and_recovery_is_automatic(aggregator, 
         ({'use_sudo': 'yes'}, '`use_sudo` must be true or false'),
         ({'ruleset_files': {'ipv5': '/x'}}, '`ruleset_files` keys must be ipv4 or ipv6'),
         ({'tags': 'team:net'}, '`tags` must be a list of strings'),
+        ({'table_listing_interval': -1}, '`table_listing_interval` must be a number of seconds, 0 or more'),
     ],
 )
 def test_configuration_errors_say_what_is_wrong(options, complaint):

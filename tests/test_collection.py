@@ -2,14 +2,16 @@
 import importlib.util
 import os
 import sys
+import time
 
 import pytest
 
 from datadog_checks.loopback_traffic.applicability import ApplicabilityChecker
 from datadog_checks.loopback_traffic.config import parse_options
-from datadog_checks.loopback_traffic.pipeline import run_rule
+from datadog_checks.loopback_traffic.pipeline import InstanceState, run_rule
+from datadog_checks.loopback_traffic.results import Status
 
-from .netns import netns  # noqa: F401
+from .netns import netns, require_tools  # noqa: F401
 from .rulesets import filter_table
 
 _GENERATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'generate.py')
@@ -19,25 +21,34 @@ sys.modules[_spec.name] = generate
 _spec.loader.exec_module(generate)
 
 
-def options(ns, collection, family):
+def options(ns, collection, family, **more):
     prefix = ns.argv_prefix()
-    return parse_options(
-        {
-            'applicability': 'always',
-            'collection': collection,
-            'families': [family],
-            'iptables_save_command': prefix + ['iptables-save'],
-            'ip6tables_save_command': prefix + ['ip6tables-save'],
-            'iptables_legacy_save_command': prefix + ['iptables-legacy-save'],
-            'ip6tables_legacy_save_command': prefix + ['ip6tables-legacy-save'],
-        }
-    )
+    instance = {
+        'applicability': 'always',
+        'collection': collection,
+        'families': [family],
+        'iptables_save_command': prefix + ['iptables-save'],
+        'ip6tables_save_command': prefix + ['ip6tables-save'],
+        'iptables_legacy_save_command': prefix + ['iptables-legacy-save'],
+        'ip6tables_legacy_save_command': prefix + ['ip6tables-legacy-save'],
+    }
+    instance.update(more)
+    return parse_options(instance)
 
 
-def evaluate_with(ns, collection, family):
-    opts = options(ns, collection, family)
-    outcome = run_rule(opts, family, ApplicabilityChecker(opts))
-    assert outcome.result.error is None, outcome.result.error
+def expensive_tables(family):
+    """An instance state in which listing whole tables was just found slow (as on a Kubernetes
+    node): the next runs list only the path chains and the user chains they reach."""
+    state = InstanceState()
+    state.listing.record_whole_listing(family, 10.0, time.monotonic())
+    return state
+
+
+def evaluate_with(ns, collection, family, state=None, expect_error=False, **more):
+    opts = options(ns, collection, family, **more)
+    outcome = run_rule(opts, family, ApplicabilityChecker(opts), state=state)
+    if not expect_error:
+        assert outcome.result.error is None, outcome.result.error
     return outcome
 
 
@@ -52,24 +63,44 @@ PRESETS = [
 ]
 
 
+@pytest.mark.parametrize('strategy', ['tables', 'chains'])
 @pytest.mark.parametrize('family', ['ipv4', 'ipv6'])
 @pytest.mark.parametrize('preset, cis_position', PRESETS)
-def test_listing_gives_the_same_result_as_a_full_save(netns, preset, cis_position, family):
+def test_listing_gives_the_same_result_as_a_full_save(netns, preset, cis_position, family, strategy):
     chosen = generate.PRESETS[preset]
     if cis_position is not None:
         chosen = chosen.with_cis(cis_position)
     netns.restore(chosen.text(family), family)
     full = evaluate_with(netns, 'save', family)
-    listed = evaluate_with(netns, 'listing', family)
+    listed = evaluate_with(netns, 'listing', family, expensive_tables(family) if strategy == 'chains' else None)
     assert listed.result == full.result
     assert listed.result.rules_on_path == full.result.rules_on_path
     assert '-S' in listed.origins[0] and '-S' not in full.origins[0]
 
 
-def test_listing_with_both_backends(netns):
+@pytest.mark.parametrize('strategy', ['tables', 'chains'])
+def test_listing_with_both_backends(netns, strategy):
     netns.restore(generate.PRESETS['k8s-1k'].text('ipv4'), 'ipv4')
     netns.restore(filter_table('-A INPUT -i lo -p udp -j DROP'), 'ipv4', 'legacy')
     full = evaluate_with(netns, 'save', 'ipv4')
-    listed = evaluate_with(netns, 'listing', 'ipv4')
+    listed = evaluate_with(netns, 'listing', 'ipv4', expensive_tables('ipv4') if strategy == 'chains' else None)
     assert listed.result == full.result
     assert len(listed.origins) == 2 and listed.result.requirement('input_accept_lo').deviations[0].where.ruleset == 'legacy'
+
+
+def test_native_base_chains_are_seen_by_whole_table_listings(netns):
+    """A base chain added with nft to an iptables table: the chain listings cannot see it, a whole
+    table listing can (UNKNOWN). Slow hosts list whole tables every `table_listing_interval`."""
+    require_tools('nft')
+    netns.restore(generate.PRESETS['cis'].text('ipv4'), 'ipv4')
+    netns.run(['nft', 'add chain ip filter extra { type filter hook input priority 5; policy accept; }'], check=True)
+    netns.run(['nft', 'add rule ip filter extra iif lo drop'], check=True)
+    saved = evaluate_with(netns, 'save', 'ipv4', expect_error=True).result
+    assert saved.status is Status.UNKNOWN and 'native nftables' in saved.error
+    whole = evaluate_with(netns, 'auto', 'ipv4', expect_error=True).result
+    assert whole.status is Status.UNKNOWN and 'native nftables' in whole.error
+    state = expensive_tables('ipv4')
+    between = evaluate_with(netns, 'auto', 'ipv4', state).result
+    assert between.status is Status.PASS  # what the chain listings show: the limit the interval bounds
+    due = evaluate_with(netns, 'auto', 'ipv4', expensive_tables('ipv4'), expect_error=True, table_listing_interval=0).result
+    assert due.status is Status.UNKNOWN and 'native nftables' in due.error

@@ -76,6 +76,10 @@ def instance_rpm_database_path():
     return '/var/lib/rpm'
 
 
+def instance_table_listing_interval():
+    return 600
+
+
 def instance_timeout():
     return 10
 

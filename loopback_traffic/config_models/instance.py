@@ -76,6 +76,7 @@ class InstanceConfig(BaseModel):
     rpm_database_path: Optional[str] = None
     ruleset_files: Optional[RulesetFiles] = None
     service: Optional[str] = None
+    table_listing_interval: Optional[float] = None
     tags: Optional[tuple[str, ...]] = None
     timeout: Optional[float] = None
     use_sudo: Optional[bool] = None
