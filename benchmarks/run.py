@@ -140,10 +140,16 @@ def measure(fn, repeat: int, warmup: int = 0, between=None, tracemalloc_run: boo
     rss0 = _proc_status_kb('VmRSS')
     can_reset = _reset_peak_rss()
     try:
-        for _ in range(warmup):
+        for index in range(warmup):
             if between:
                 between()
+            s0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
             fn()
+            if index == 0:
+                s1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+                m.extra['first_wall'] = time.perf_counter() - t0
+                m.extra['first_cpu'] = _cpu(s1) - _cpu(s0) + _cpu(c1) - _cpu(c0)
         for _ in range(repeat):
             if between:
                 between()
@@ -247,6 +253,16 @@ def measure_check_run(instance: dict, repeat: int = 5, tracemalloc_run=False, di
 
     m = measure(once, repeat, warmup=1, between=aggregator.reset, tracemalloc_run=tracemalloc_run)
     m.extra['rss_check_import_mb'] = (_proc_status_kb('VmRSS') - rss_before_check) / 1024
+    state = getattr(check, 'state', None)
+    if m.ok and state is not None and hasattr(state, 'evaluated'):
+        # The same runs as if the ruleset had changed since the last one: nothing reused.
+        def forget():
+            aggregator.reset()
+            state.evaluated.clear()
+
+        changed = measure(once, repeat, between=forget)
+        m.extra['changed_wall'] = changed.wall
+        m.extra['changed_cpu'] = changed.cpu
     if diagnose and m.ok:
         aggregator.reset()
         m.extra.update(diagnose_run(once))
@@ -536,6 +552,10 @@ def cells(s: dict) -> list:
             fmt_mb(s['peak_mb']) + ('*' if s.get('children_hidden') else '')]
 
 
+def _ms(seconds: float) -> str:
+    return f'{seconds * 1000:.1f} ms' if seconds < 1 else f'{seconds:.2f} s'
+
+
 def print_table(headers, rows) -> None:
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
               for i, h in enumerate(headers)]
@@ -558,6 +578,17 @@ def report(data: dict) -> None:
                      ratio(c, b, 'wall_median'), ratio(c, b, 'cpu_median'), ratio(c, b, 'peak_mb')])
     print_table(['preset', 'backend', 'rules / filter', 'load v4+v6', 'baseline wall', 'CPU', 'peak',
                  'check wall', 'CPU', 'peak', 'wall x', 'CPU x', 'peak x'], rows)
+    print('\n== The same check: its first run (whole tables listed, everything evaluated) and runs after a '
+          'ruleset change (nothing reused); wall / CPU, medians')
+    rows = []
+    for r in data['results']:
+        extra = r['check'].get('extra', {}) if r['check'].get('available', True) else {}
+        if 'first_wall' not in extra:
+            continue
+        changed = (f'{_ms(statistics.median(extra["changed_wall"]))} / {_ms(statistics.median(extra["changed_cpu"]))}'
+                   if extra.get('changed_wall') else '-')
+        rows.append([r['preset'], r['backend'], f'{_ms(extra["first_wall"])} / {_ms(extra["first_cpu"])}', changed])
+    print_table(['preset', 'backend', 'first run', 'ruleset changed'], rows)
     print('  * = the child processes stayed below the measuring process\'s own RSS, so their peak is not '
           'included (see the per-command maxrss of the listing commands)')
     notes = [(r['preset'], r['backend'], w, r[w]['note']) for r in data['results'] for w in ('baseline', 'check')
