@@ -199,12 +199,14 @@ def save_command(options: Options, family: str, backend: str) -> List[str]:
     return ['sudo', '-n'] + argv if options.use_sudo else argv
 
 
-def run_save(options: Options, family: str, backend: str, table: Optional[str] = None) -> Tuple[str, CommandOutput]:
-    argv = save_command(options, family, backend) + (['-t', table] if table else [])
-    output = run_command(argv, options.timeout, options.max_output_bytes)
-    if output.returncode != 0:
-        raise CollectionError(_explain_failure(argv, output, options.use_sudo))
-    return command_line(argv), output
+def run_saves(options: Options, family: str, backend: str, tables: Sequence[Optional[str]] = (None,)) -> List[CommandOutput]:
+    """The save command, whole (table None) or once per table (``-t TABLE``), side by side."""
+    argvs = [save_command(options, family, backend) + (['-t', table] if table else []) for table in tables]
+    outputs = run_commands(argvs, options.timeout, options.max_output_bytes)
+    for argv, output in zip(argvs, outputs):
+        if output.returncode != 0:
+            raise CollectionError(_explain_failure(argv, output, options.use_sudo))
+    return outputs
 
 
 def read_file(path: str, max_output_bytes: int) -> Collected:
@@ -387,14 +389,11 @@ def _collect_backend(options: Options, family: str, backend: str, history: Optio
     if tables:
         # Only the tables that exist, side by side: reading one does not read the (large) nat
         # table, takes no lock, and never creates a table that was not there.
-        argvs = [save_command(options, family, backend) + ['-t', table] for table in tables]
-        outputs = run_commands(argvs, options.timeout, options.max_output_bytes)
-        for argv, output in zip(argvs, outputs):
-            if output.returncode != 0:
-                raise CollectionError(_explain_failure(argv, output, options.use_sudo))
+        outputs = run_saves(options, family, backend, tables)
         origin = command_line(save_command(options, family, backend)) + ' -t ' + ','.join(tables)
         return Collected(backend, origin, tuple((output.stdout, None) for output in outputs)), False
-    origin, output = run_save(options, family, backend)
+    (output,) = run_saves(options, family, backend)
+    origin = command_line(save_command(options, family, backend))
     return Collected(backend, origin, ((output.stdout, None),)), LEGACY_TABLES_WARNING in output.stderr
 
 

@@ -96,21 +96,13 @@ def _boolean(instance: Mapping[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def _positive_number(instance: Mapping[str, Any], name: str, default: float) -> float:
+def _positive_number(instance: Mapping[str, Any], name: str, default: float, zero_allowed: bool = False) -> float:
     value = instance.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise InvalidConfiguration('`{}` must be a number greater than 0, not {!r}'.format(name, value))
-    return float(value)
-
-
-def _number_at_least_zero(instance: Mapping[str, Any], name: str, default: float) -> float:
-    value = instance.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise InvalidConfiguration('`{}` must be a number of seconds, 0 or more, not {!r}'.format(name, value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 if zero_allowed else value > 0):
+        allowed = 'a number of seconds, 0 or more' if zero_allowed else 'a number greater than 0'
+        raise InvalidConfiguration('`{}` must be {}, not {!r}'.format(name, allowed, value))
     return float(value)
 
 
@@ -171,7 +163,7 @@ def parse_options(instance: Optional[Mapping[str, Any]]) -> Options:
         mode=_choice(instance, 'mode', MODES, 'effective'),
         partial=_choice(instance, 'partial', PARTIAL, 'warning'),
         collection=_choice(instance, 'collection', COLLECTION, 'auto'),
-        table_listing_interval=_number_at_least_zero(instance, 'table_listing_interval', DEFAULT_TABLE_LISTING_INTERVAL),
+        table_listing_interval=_positive_number(instance, 'table_listing_interval', DEFAULT_TABLE_LISTING_INTERVAL, zero_allowed=True),
         proc_path=_path(instance, 'proc_path', '/proc'),
         dpkg_status_file=_path(instance, 'dpkg_status_file', '/var/lib/dpkg/status'),
         rpm_command=_command(instance, 'rpm_command', ('rpm',)),
