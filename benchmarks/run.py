@@ -30,6 +30,7 @@ the namespaces are deleted on exit, errors and Ctrl-C.
 """
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import datetime
 import json
@@ -643,9 +644,22 @@ def machine_info() -> dict:
                                                        capture_output=True, text=True).stdout.strip())}
 
 
+def chosen_preset(spec: str) -> 'generate.Preset':
+    """``NAME``, or ``NAME:POSITION`` with the CIS loopback rules at another position (top, bottom, none)."""
+    name, _, position = spec.partition(':')
+    if name not in generate.PRESETS:
+        raise KeyError(f'unknown preset {name!r}')
+    if not position:
+        return generate.PRESETS[name]
+    if position not in generate.CIS_POSITIONS:
+        raise ValueError(f'the CIS position must be one of {", ".join(generate.CIS_POSITIONS)}, not {position!r}')
+    return dataclasses.replace(generate.PRESETS[name].with_cis(position), name=f'{name}-cis-{position}')
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--presets', default=','.join(generate.PRESETS), help='comma-separated (default: all)')
+    ap.add_argument('--presets', default=','.join(generate.PRESETS),
+                    help='comma-separated, NAME or NAME:CIS_POSITION (e.g. k8s-100k:bottom; default: all)')
     ap.add_argument('--backends', default='nft,legacy')
     ap.add_argument('--repeat', type=int, default=5, help='measured check runs (after one warm-up)')
     ap.add_argument('--baseline-repeat', type=int, default=3, help='measured baseline runs (slow at scale)')
@@ -671,7 +685,10 @@ def main(argv=None) -> int:
 
     if os.geteuid() != 0:
         ap.error('needs root (network namespaces)')
-    presets = [generate.PRESETS[n] for n in args.presets.split(',') if n]
+    try:
+        presets = [chosen_preset(spec) for spec in args.presets.split(',') if spec]
+    except (KeyError, ValueError) as error:
+        ap.error(f'--presets: {error}')
     backends = [b for b in args.backends.split(',') if b]
     for b in backends:
         if b not in BACKENDS:

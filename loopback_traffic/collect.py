@@ -5,7 +5,6 @@ Every failure is a :class:`CollectionError` whose message says what happened and
 from __future__ import annotations
 
 import os
-import re
 import selectors
 import shutil
 import signal
@@ -16,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .config import LEGACY, NFT, Options
-from .model import BUILTIN_CHAINS
-from .requirements import IPV4, REQUIREMENTS
+from .evaluator import reach
+from .model import BUILTIN_CHAINS, Ruleset
+from .parser import EVALUATED_TABLES, ParseError, merge_rulesets, parse_ruleset
+from .requirements import IPV4, REQUIREMENTS, rule_for_family
 
 LEGACY_TABLES_WARNING = 'iptables-legacy tables present'
 _READ_CHUNK = 1 << 16
@@ -254,7 +255,6 @@ CHEAP_TABLE_LISTING_SECONDS = 0.05
 # native nftables rules in it can: its built-in chains are listed to hear the tool call them incompatible.
 _NAT_CHAINS = tuple(('nat', chain) for chain in BUILTIN_CHAINS['nat'])
 _NO_SUCH_CHAIN = ('No chain/target/match by that name', 'does not exist', "doesn't exist")
-_JUMP = re.compile(r' -[jg] (\S+)')
 
 
 @dataclass
@@ -309,21 +309,25 @@ def _list(
     return listings
 
 
-def _list_chains(base: List[str], options: Options) -> List[Tuple[str, CommandOutput]]:
-    """The path chains, then round by round the user chains they reach, each round side by side."""
+def _list_chains(base: List[str], options: Options, family: str) -> List[Tuple[str, CommandOutput]]:
+    """The path chains, then round by round the user chains the loopback classes reach from them
+    (``evaluator.reach``), each round side by side. A chain that only packets of no class can
+    reach (a Kubernetes node's service chains behind an accept of lo) is never listed."""
+    rule = rule_for_family(family)
     requests: List[Tuple[str, Optional[str]]] = [(table, chain) for table in EVALUATED_TABLE_NAMES for chain in PATH_CHAINS[table]]
     seen = set(requests)
     listings: List[Tuple[str, CommandOutput]] = []
+    parts: List[Ruleset] = []
     while requests:
         found = _list(base, options, requests, with_nat=not listings)
         listings.extend(found)
-        requests = []
-        for table, output in found:
-            for target in _JUMP.findall(output.stdout):
-                request = (table, target)
-                if target not in _EXTENSION_TARGETS and request not in seen:
-                    seen.add(request)
-                    requests.append(request)
+        try:
+            parts.extend(parse_ruleset(output.stdout, tables=EVALUATED_TABLES, listing_table=table) for table, output in found)
+            wanted = reach(rule, merge_rulesets(parts)).undeclared
+        except ParseError:
+            return listings  # the pipeline parses the listings again and reports the error
+        requests = sorted(request for request in wanted if request[1] not in _EXTENSION_TARGETS and request not in seen)
+        seen.update(requests)
     return listings
 
 
@@ -343,7 +347,7 @@ def list_rules(
     history = history if history is not None else ListingHistory()
     now = time.monotonic()
     if not history.whole_listing_due(family, options.table_listing_interval, now):
-        return _list_chains(base, options)
+        return _list_chains(base, options, family)
     listings = _list(base, options, [(table, None) for table in EVALUATED_TABLE_NAMES], with_nat=True)
     history.record_whole_listing(family, time.monotonic() - now, now)
     return listings

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .classify import ALL, NONE, Relation, classify
 from .model import Chain, Rule, Ruleset, Table, INCOMPATIBLE_TABLE
-from .parser import ParseError, rule_target_name
+from .parser import ParseError
 from .requirements import (
     ACCEPT,
     DENY,
@@ -33,6 +33,8 @@ LITERAL = 'literal'
 MODES = (EFFECTIVE, LITERAL)
 
 _VERDICT_TARGETS = {'ACCEPT': ACCEPT, 'DROP': DENY, 'REJECT': DENY, 'QUEUE': QUEUE, 'NFQUEUE': QUEUE}
+# Targets that end or leave the walk and are never chains.
+_WALK_TARGETS = frozenset(_VERDICT_TARGETS) | {'RETURN'}
 _POLICY_VERDICTS = {'ACCEPT': ACCEPT, 'DROP': DENY}
 _VERDICT_WORDS = {ACCEPT: 'accepted', DENY: 'dropped', QUEUE: 'queued to user space'}
 
@@ -109,31 +111,46 @@ def _ends_the_walk(rule: Rule) -> bool:
     return target is not None and (target.name in _VERDICT_TARGETS or target.name == 'RETURN' or target.goto)
 
 
+class Relations:
+    """How each rule of a chain that a packet class can reach relates to it, computed once per chain
+    and class (the walks and the rule count of one evaluation share them). The rules after one that
+    ends the walk for the whole class (a verdict, RETURN or -g matching all of it) are never
+    reached, so they are left out: a Kubernetes node's service chains behind an accept of lo are
+    never read."""
+
+    def __init__(self) -> None:
+        self._known: Dict[Tuple[int, PacketClass], Tuple[Relation, ...]] = {}
+        self._chains: List[Chain] = []
+
+    def of(self, chain: Chain, packets: PacketClass) -> Tuple[Relation, ...]:
+        key = (id(chain), packets)
+        relations = self._known.get(key)
+        if relations is None:
+            reached: List[Relation] = []
+            for rule in chain.rules:
+                relation = classify(rule, packets)
+                reached.append(relation)
+                if relation is ALL and _ends_the_walk(rule):
+                    break
+            # The chain is kept with its relations: its id cannot be reused while they are known.
+            relations = self._known[key] = tuple(reached)
+            self._chains.append(chain)
+        return relations
+
+
 class _ChainWalker:
     """Summaries of the chains of one table for one packet class, each computed once."""
 
-    def __init__(self, table: Table, packets: PacketClass, required: str, label: str) -> None:
+    def __init__(self, table: Table, packets: PacketClass, required: str, label: str, relations: Relations) -> None:
         self.table = table
         self.packets = packets
         self.required = required
         self.label = label
         self.summaries: Dict[str, _Summary] = {}
-        self.relations: Dict[str, Tuple[Relation, ...]] = {}
+        self.relations = relations
 
     def relations_of(self, chain: Chain) -> Tuple[Relation, ...]:
-        """How each rule the class can reach relates to it. The rules after one that ends the walk
-        for the whole class (a verdict, RETURN or -g matching all of it) are never reached, so they
-        are left out: a Kubernetes node's service chains behind an accept of lo are never read."""
-        relations = self.relations.get(chain.name)
-        if relations is None:
-            reached: List[Relation] = []
-            for rule in chain.rules:
-                relation = classify(rule, self.packets)
-                reached.append(relation)
-                if relation is ALL and _ends_the_walk(rule):
-                    break
-            relations = self.relations[chain.name] = tuple(reached)
-        return relations
+        return self.relations.of(chain, self.packets)
 
     def position(self, chain: Chain, index: int, rule: Rule) -> Position:
         return Position(self.table.name, chain.name, index + 1, rule.text, self.label, rule.line)
@@ -290,7 +307,9 @@ def _status_of(verdict: str, required: str, deviations: Sequence[Deviation]) -> 
     return Status.PARTIAL if deviations else Status.PASS
 
 
-def _walk_hook(source: Source, hook: Hook, packets: PacketClass, required: str, walkers: Dict) -> _HookResult:
+def _walk_hook(
+    source: Source, hook: Hook, packets: PacketClass, required: str, walkers: Dict, relations: Relations
+) -> _HookResult:
     table = source.ruleset.table(hook.table)
     chain = table.chain(hook.chain) if table is not None else None
     if table is None or chain is None:
@@ -300,7 +319,7 @@ def _walk_hook(source: Source, hook: Hook, packets: PacketClass, required: str, 
     key = (id(source), hook.table)
     walker = walkers.get(key)
     if walker is None:
-        walker = walkers[key] = _ChainWalker(table, packets, required, source.label)
+        walker = walkers[key] = _ChainWalker(table, packets, required, source.label, relations)
     summary = walker.summary(chain)
     assert summary.verdict is not None and summary.decided_by is not None  # built-in chains always decide
     deviations = _flatten(summary.devs)
@@ -398,11 +417,13 @@ def _combine_deny(rule: ComplianceRule, requirement: Requirement, results: Seque
     return _requirement_result(requirement, status, decisive, deviations, fixes)
 
 
-def _evaluate_requirement_effective(rule: ComplianceRule, requirement: Requirement, sources: Sequence[Source]) -> RequirementResult:
+def _evaluate_requirement_effective(
+    rule: ComplianceRule, requirement: Requirement, sources: Sequence[Source], relations: Relations
+) -> RequirementResult:
     packets = requirement.packet_class(rule.loopback)
     walkers: Dict = {}
     results = [
-        _walk_hook(source, hook, packets, requirement.required, walkers)
+        _walk_hook(source, hook, packets, requirement.required, walkers, relations)
         for source in sources
         for hook in requirement.path
     ]
@@ -489,33 +510,55 @@ def _evaluate_requirement_literal(rule: ComplianceRule, requirement: Requirement
 # --- both modes ----------------------------------------------------------------------------------
 
 
-def _jump_targets(chain: Chain) -> Iterator[str]:
-    if chain.is_parsed:
-        return (rule.target.name for rule in chain.rules if rule.target is not None)
-    # A chain the walk never entered (e.g. behind an accept of the whole class): count its rules
-    # and follow its jumps without building them.
-    return (name for name in map(rule_target_name, chain.raw_rules) if name is not None)
+@dataclass(frozen=True)
+class Reach:
+    """What the packets of a compliance rule's classes can reach in one ruleset."""
+
+    chains: FrozenSet[Tuple[str, str]]  # (table, chain): the path chains and the user chains reached
+    undeclared: FrozenSet[Tuple[str, str]]  # (table, target) jumped to by a reached rule, declared nowhere
 
 
-def _reachable_rule_count(sources: Sequence[Source]) -> int:
-    """Rules on the evaluated paths: the path chains and every user chain they can reach."""
-    total = 0
-    hooks = {hook for requirement in REQUIREMENTS for hook in requirement.path}
-    for source in sources:
-        for table_name in sorted({hook.table for hook in hooks}):
-            table = source.ruleset.table(table_name)
-            if table is None:
+def reach(rule: ComplianceRule, ruleset: Ruleset, relations: Optional[Relations] = None) -> Reach:
+    """The chains on the evaluated paths: each path chain, and every user chain that a rule the
+    packets of a class reach jumps or goes to (whatever that chain then does with them). A chain
+    jumped to only behind a rule that accepts or drops the whole class, or only by rules that
+    match no packet of it, is not on the path."""
+    relations = relations if relations is not None else Relations()
+    chains: Set[Tuple[str, str]] = set()
+    undeclared: Set[Tuple[str, str]] = set()
+    for requirement in REQUIREMENTS:
+        packets = requirement.packet_class(rule.loopback)
+        seen: Set[Tuple[str, str]] = set()  # by this class
+        for hook in requirement.path:
+            table = ruleset.table(hook.table)
+            if table is None or table.chain(hook.chain) is None:
                 continue
-            seen: Set[str] = set()
-            stack = [hook.chain for hook in hooks if hook.table == table_name and table.chain(hook.chain) is not None]
+            stack = [hook.chain]
             while stack:
                 name = stack.pop()
-                if name in seen:
+                if (table.name, name) in seen:
                     continue
-                seen.add(name)
+                seen.add((table.name, name))
+                chains.add((table.name, name))
                 chain = table.chains[name]
-                total += len(chain)
-                stack.extend(name for name in _jump_targets(chain) if name in table.chains)
+                for rule_, relation in zip(chain.rules, relations.of(chain, packets)):
+                    target = rule_.target
+                    if relation is NONE or target is None or target.name in _WALK_TARGETS:
+                        continue
+                    callee = table.chain(target.name)
+                    if callee is None:
+                        undeclared.add((table.name, target.name))
+                    elif not callee.is_builtin:
+                        stack.append(target.name)
+    return Reach(frozenset(chains), frozenset(undeclared))
+
+
+def _rules_on_path(rule: ComplianceRule, sources: Sequence[Source], relations: Relations) -> int:
+    """Rules on the evaluated paths: every rule of the chains ``reach`` finds, in every ruleset."""
+    total = 0
+    for source in sources:
+        ruleset = source.ruleset
+        total += sum(len(ruleset.tables[table].chains[name]) for table, name in reach(rule, ruleset, relations).chains)
     return total
 
 
@@ -532,11 +575,14 @@ def evaluate(rule: ComplianceRule, sources: Sequence[Source], mode: str = EFFECT
         raise ValueError('mode must be one of {}'.format(', '.join(MODES)))
     if not sources:
         raise ValueError('at least one ruleset is needed')
-    evaluate_requirement = _evaluate_requirement_literal if mode == LITERAL else _evaluate_requirement_effective
+    relations = Relations()
     try:
         _check_incompatible(sources)
-        results = tuple(evaluate_requirement(rule, requirement, sources) for requirement in REQUIREMENTS)
-        count = _reachable_rule_count(sources)
+        if mode == LITERAL:
+            results = tuple(_evaluate_requirement_literal(rule, requirement, sources) for requirement in REQUIREMENTS)
+        else:
+            results = tuple(_evaluate_requirement_effective(rule, requirement, sources, relations) for requirement in REQUIREMENTS)
+        count = _rules_on_path(rule, sources, relations)
     except Unevaluable as error:
         return RuleResult(rule, Status.UNKNOWN, error='cannot evaluate the ruleset: {}'.format(error), mode=mode)
     except ParseError as error:

@@ -105,10 +105,6 @@ class Chain:
     def rules(self) -> Tuple[Rule, ...]:
         return tuple(self._parse_rule(raw) for raw in self.raw_rules)
 
-    @property
-    def is_parsed(self) -> bool:
-        return 'rules' in self.__dict__
-
     def __len__(self) -> int:
         return len(self.raw_rules)
 

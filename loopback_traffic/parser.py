@@ -288,20 +288,6 @@ def _split_counters_prefix(text: str, line: int) -> Tuple[Optional[Counters], st
     return _parse_counter_pair(packets, octets, line, text), text[end + 1 :].lstrip(' \t')
 
 
-_TARGET_OPTIONS = frozenset(_JUMP + _GOTO)
-
-
-def rule_target_name(raw: RawRule) -> Optional[str]:
-    """The ``-j``/``-g`` target of a rule, without building its matches: enough to follow jumps
-    through chains the evaluation never walks."""
-    tokens = tokenize(_split_counters_prefix(raw.text, raw.line)[1], raw.line)
-    for index in range(2, len(tokens) - 1):
-        token = tokens[index]
-        if token in _TARGET_OPTIONS and not token.quoted:
-            return str(tokens[index + 1])
-    return None
-
-
 def parse_rule(raw: RawRule) -> Rule:
     """Parse one ``-A CHAIN ...`` line (with an optional ``[p:b]`` prefix) into a :class:`Rule`."""
     counters, text = _split_counters_prefix(raw.text, raw.line)

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from datadog_checks.loopback_traffic.applicability import ApplicabilityChecker
+from datadog_checks.loopback_traffic.collect import collect
 from datadog_checks.loopback_traffic.config import parse_options
 from datadog_checks.loopback_traffic.pipeline import InstanceState, run_rule
 from datadog_checks.loopback_traffic.results import Status
@@ -104,3 +105,16 @@ def test_native_base_chains_are_seen_by_whole_table_listings(netns):
     assert between.status is Status.PASS  # what the chain listings show: the limit the interval bounds
     due = evaluate_with(netns, 'auto', 'ipv4', expensive_tables('ipv4'), expect_error=True, table_listing_interval=0).result
     assert due.status is Status.UNKNOWN and 'native nftables' in due.error
+
+
+@pytest.mark.parametrize('cis_position, listed', [('top', False), ('bottom', True)])
+def test_chain_listings_skip_the_chains_no_loopback_packet_reaches(netns, cis_position, listed):
+    """With the CIS rules first, every loopback class is decided before kube-proxy's jumps: the
+    service chains are not listed. With them last, the classes walk through them: they are."""
+    netns.restore(generate.PRESETS['k8s-1k'].with_cis(cis_position).text('ipv4'), 'ipv4')
+    state = expensive_tables('ipv4')
+    (collected,) = collect(options(netns, 'listing', 'ipv4'), 'ipv4', history=state.listing)
+    listed_chains = {line.split()[1] for text, _ in collected.pieces for line in text.splitlines() if line.startswith(('-N ', '-P '))}
+    assert {'INPUT', 'OUTPUT', 'PREROUTING', 'POSTROUTING'} <= listed_chains
+    assert ('KUBE-SERVICES' in listed_chains) is listed
+    assert ('KUBE-FIREWALL' in listed_chains) is listed

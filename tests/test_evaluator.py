@@ -368,9 +368,34 @@ def test_ipv6_rule():
     assert result.requirement(INPUT_DROP_LOOPBACK_SOURCE).remediation == ('ip6tables -I INPUT 1 -s ::1/128 ! -i lo -j DROP',)
 
 
-def test_rules_on_path_counts_path_chains_and_reachable_user_chains():
-    text = filter_table('-A INPUT -j A', '-A OUTPUT -o eth0 -j B', '-A FORWARD -j C', '-A A -j ACCEPT', '-A B -j RETURN', '-A C -j DROP', chains=['A', 'B', 'C'])
-    assert evaluate_text(text + table('nat', ['-A OUTPUT -j DNAT --to-destination 10.0.0.1'])).rules_on_path == 4
+def test_rules_on_path_counts_path_chains_and_the_user_chains_packets_reach():
+    # OUTPUT's jump to B matches no packet leaving through lo; FORWARD and nat are not on a path.
+    text = filter_table(
+        '-A INPUT -j A', '-A OUTPUT -o eth0 -j B', '-A FORWARD -j C', '-A A -j D', '-A A -j ACCEPT', '-A B -j RETURN',
+        '-A C -j DROP', '-A D -j RETURN', chains=['A', 'B', 'C', 'D'],
+    )
+    nat = table('nat', ['-A OUTPUT -j DNAT --to-destination 10.0.0.1'])
+    assert evaluate_text(text + nat).rules_on_path == 5  # INPUT 1 + OUTPUT 1 + A 2 + D 1
+    assert evaluate_text(text.replace('-A OUTPUT -o eth0 -j B', '-A OUTPUT -o lo+ -j B')).rules_on_path == 6
+
+
+@pytest.mark.parametrize(
+    'before, counted',
+    [
+        # Every class is decided before the jump: the (large) chain behind it is not on the path.
+        (['-A INPUT -i lo -j ACCEPT', '-A INPUT -s 127.0.0.0/8 -j DROP'], False),
+        # The non-lo class with a loopback source walks past the accept of lo.
+        (['-A INPUT -i lo -j ACCEPT'], True),
+        # A conditional accept decides only part of the class.
+        (['-A INPUT -i lo -p tcp -j ACCEPT', '-A INPUT ! -i lo -s 127.0.0.0/8 -j DROP'], True),
+        # A RETURN of the whole class from a built-in chain applies its policy: nothing after it is reached.
+        (['-A INPUT -j RETURN'], False),
+    ],
+)
+def test_a_chain_behind_rules_that_decide_every_class_is_not_counted(before, counted):
+    services = ['-A KUBE-SERVICES -d 10.0.0.{} -p tcp --dport 80 -j REJECT'.format(i) for i in range(1, 51)]
+    text = filter_table(*before, '-A INPUT -m conntrack --ctstate NEW -j KUBE-SERVICES', *services, chains=['KUBE-SERVICES'])
+    assert evaluate_text(text).rules_on_path == len(before) + 1 + (len(services) if counted else 0)
 
 
 # --- section 2, both backends --------------------------------------------------------------------------
