@@ -310,11 +310,14 @@ def diagnose_run(fn) -> dict:
 
 
 def measure_offline(path: str, family: str = 'ipv4', repeat: int = 5, tracemalloc_run=False) -> Measurement:
-    """Parse + evaluate a saved ruleset file (what the check does with ``file_text``).
+    """Read (streaming: only the evaluated tables are kept), parse and evaluate a saved ruleset file:
+    what the check does with ``ruleset_files``.
 
     Adjust here if the parser/evaluator API changes (this mirrors ``pipeline.run_rule``).
     """
     try:
+        from datadog_checks.loopback_traffic.collect import read_file
+        from datadog_checks.loopback_traffic.config import DEFAULT_MAX_OUTPUT_BYTES
         from datadog_checks.loopback_traffic.evaluator import Source, evaluate
         from datadog_checks.loopback_traffic.parser import EVALUATED_TABLES, parse_ruleset
         from datadog_checks.loopback_traffic.requirements import rule_for_family
@@ -323,8 +326,7 @@ def measure_offline(path: str, family: str = 'ipv4', repeat: int = 5, tracemallo
     rule = rule_for_family(family)
 
     def once():
-        with open(path, encoding='utf-8', errors='replace') as f:
-            text = f.read()
+        ((text, _),) = read_file(path, DEFAULT_MAX_OUTPUT_BYTES).pieces
         ruleset = parse_ruleset(text, tables=EVALUATED_TABLES)
         result = evaluate(rule, [Source(ruleset)])
         return {'status': getattr(result.status, 'name', str(result.status)),

@@ -12,7 +12,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from .applicability import ApplicabilityChecker
-from .collect import Collected, collected_text
+from .collect import Collected, read_stream
 from .config import APPLICABILITY, PARTIAL, InvalidConfiguration, parse_options
 from .evaluator import MODES
 from .pipeline import run_rule
@@ -78,12 +78,9 @@ def _load_config(path: str) -> Dict[str, Any]:
 
 def _read_input(path: str) -> Collected:
     if path == '-':
-        data = sys.stdin.buffer.read()
-        path = '<standard input>'
-    else:
-        with open(path, 'rb') as saved:
-            data = saved.read()
-    return collected_text(data.decode('utf-8', 'surrogateescape'), path)
+        return read_stream(sys.stdin.buffer, '<standard input>')
+    with open(path, 'rb') as saved:
+        return read_stream(saved, path)
 
 
 def _instance(arguments: argparse.Namespace) -> Dict[str, Any]:

@@ -12,12 +12,12 @@ import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from .config import LEGACY, NFT, Options
 from .evaluator import reach
 from .model import BUILTIN_CHAINS, Ruleset
-from .parser import EVALUATED_TABLES, ParseError, merge_rulesets, parse_ruleset
+from .parser import EVALUATED_TABLES, ParseError, UnreadTablesFilter, merge_rulesets, parse_ruleset
 from .requirements import IPV4, REQUIREMENTS, rule_for_family
 
 LEGACY_TABLES_WARNING = 'iptables-legacy tables present'
@@ -74,11 +74,30 @@ def run_command(
     return run_commands([argv], timeout, max_output_bytes, not_found_hint)[0]
 
 
+class _Sink(Protocol):
+    def feed(self, data: bytes) -> None: ...
+
+    def value(self) -> bytes: ...
+
+
+class _Everything:
+    """Keeps every byte of a stream."""
+
+    def __init__(self) -> None:
+        self._chunks: List[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def value(self) -> bytes:
+        return b''.join(self._chunks)
+
+
 @dataclass
 class _Running:
     argv: Sequence[str]
     process: subprocess.Popen
-    chunks: Dict[str, List[bytes]]
+    sinks: Dict[str, _Sink]
     sizes: Dict[str, int]
     open_streams: int = 2
 
@@ -104,10 +123,15 @@ def _start(argv: Sequence[str], not_found_hint: str) -> subprocess.Popen:
 
 
 def run_commands(
-    argvs: Sequence[Sequence[str]], timeout: float, max_output_bytes: int, not_found_hint: str = _NOT_FOUND_HINT
+    argvs: Sequence[Sequence[str]],
+    timeout: float,
+    max_output_bytes: int,
+    not_found_hint: str = _NOT_FOUND_HINT,
+    stdout_sink: Callable[[], _Sink] = _Everything,
 ) -> List[CommandOutput]:
     """Run commands (no shell), up to eight at a time, all within one deadline, each bounded in the
-    output it may produce; their outputs in the order given.
+    output it may produce; their outputs in the order given (standard output as ``stdout_sink``
+    keeps it, as it streams in).
 
     ``get_subprocess_output`` has neither bound, so this reads the pipes itself; on timeout, overflow
     or error every process group still running is killed and reaped: no child or zombie is left.
@@ -123,7 +147,7 @@ def run_commands(
                 while waiting and len(running) < _MAX_PARALLEL:
                     index, argv = waiting.pop()
                     process = _start(argv, not_found_hint)
-                    running[index] = _Running(argv, process, {'out': [], 'err': []}, {'out': 0, 'err': 0})
+                    running[index] = _Running(argv, process, {'out': stdout_sink(), 'err': _Everything()}, {'out': 0, 'err': 0})
                     selector.register(process.stdout, selectors.EVENT_READ, (index, 'out'))
                     selector.register(process.stderr, selectors.EVENT_READ, (index, 'err'))
                 remaining = deadline - time.monotonic()
@@ -163,7 +187,7 @@ def _read_into(command: _Running, stream: str, fd: int, max_output_bytes: int) -
         raise CollectionError(
             '{} printed more than {} bytes (option `max_output_bytes`)'.format(command_line(command.argv), max_output_bytes)
         )
-    command.chunks[stream].append(data)
+    command.sinks[stream].feed(data)
     return True
 
 
@@ -173,8 +197,8 @@ def _finish(command: _Running, deadline: float, timeout: float) -> CommandOutput
     except subprocess.TimeoutExpired:
         raise _timed_out(command.argv, timeout)
     return CommandOutput(
-        b''.join(command.chunks['out']).decode('utf-8', 'surrogateescape'),
-        b''.join(command.chunks['err']).decode('utf-8', 'replace'),
+        command.sinks['out'].value().decode('utf-8', 'surrogateescape'),
+        command.sinks['err'].value().decode('utf-8', 'replace'),
         command.process.returncode,
     )
 
@@ -201,9 +225,10 @@ def save_command(options: Options, family: str, backend: str) -> List[str]:
 
 
 def run_saves(options: Options, family: str, backend: str, tables: Sequence[Optional[str]] = (None,)) -> List[CommandOutput]:
-    """The save command, whole (table None) or once per table (``-t TABLE``), side by side."""
+    """The save command, whole (table None) or once per table (``-t TABLE``), side by side; of a
+    whole save only the evaluated tables are kept as it streams in."""
     argvs = [save_command(options, family, backend) + (['-t', table] if table else []) for table in tables]
-    outputs = run_commands(argvs, options.timeout, options.max_output_bytes)
+    outputs = run_commands(argvs, options.timeout, options.max_output_bytes, stdout_sink=UnreadTablesFilter)
     for argv, output in zip(argvs, outputs):
         if output.returncode != 0:
             raise CollectionError(_explain_failure(argv, output, options.use_sudo))
@@ -225,14 +250,27 @@ def read_file(path: str, max_output_bytes: int) -> Collected:
         os.close(descriptor)
         what = 'a directory, not a file' if stat.S_ISDIR(mode) else 'not a regular file'
         raise CollectionError('saved ruleset {} is {} (option `ruleset_files`)'.format(path, what))
+    kept, size = UnreadTablesFilter(), 0
     with os.fdopen(descriptor, 'rb') as saved:
         try:
-            data = saved.read(max_output_bytes + 1)
+            for chunk in iter(lambda: saved.read(_READ_CHUNK), b''):
+                size += len(chunk)
+                if size > max_output_bytes:
+                    raise CollectionError(
+                        'saved ruleset {} is larger than {} bytes (option `max_output_bytes`)'.format(path, max_output_bytes)
+                    )
+                kept.feed(chunk)
         except OSError as error:
             raise CollectionError('cannot read saved ruleset {}: {}'.format(path, error.strerror or error))
-    if len(data) > max_output_bytes:
-        raise CollectionError('saved ruleset {} is larger than {} bytes (option `max_output_bytes`)'.format(path, max_output_bytes))
-    return collected_text(data.decode('utf-8', 'surrogateescape'), path)
+    return collected_text(kept.value().decode('utf-8', 'surrogateescape'), path)
+
+
+def read_stream(stream: BinaryIO, origin: str) -> Collected:
+    """A ruleset read from ``stream`` to its end, keeping only the evaluated tables as it streams in."""
+    kept = UnreadTablesFilter()
+    for chunk in iter(lambda: stream.read(_READ_CHUNK), b''):
+        kept.feed(chunk)
+    return collected_text(kept.value().decode('utf-8', 'surrogateescape'), origin)
 
 
 # Targets that are never user chains: no need to ask for their rules.

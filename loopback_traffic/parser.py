@@ -434,6 +434,71 @@ def _find_line_start(text: str, marker: str, search_from: int) -> int:
     return len(text) if found < 0 else found + 1
 
 
+class UnreadTablesFilter:
+    """Drops, as ``iptables-save`` output streams past, the lines of the tables ``parse_ruleset``
+    would skip (a Kubernetes node's nat table is most of a save), so that only the evaluated tables
+    are held in memory. Each dropped line leaves its newline, and table headers and ``COMMIT``
+    lines are kept: the filtered text parses to the same ruleset, or fails on the same line with
+    the same message, as the whole text (``tables=`` the same tables)."""
+
+    def __init__(self, tables: Iterable[str] = EVALUATED_TABLES) -> None:
+        self._wanted = frozenset(tables)
+        self._kept: List[bytes] = []
+        self._pending: List[bytes] = []  # the line being read, in pieces (a line may be long)
+        self._skipping = False
+
+    def feed(self, data: bytes) -> None:
+        end = data.rfind(b'\n') + 1
+        if not end:
+            self._pending.append(data)
+            return
+        if self._pending:
+            self._pending.append(data[:end])
+            self._filter(b''.join(self._pending))
+        else:
+            self._filter(data[:end])
+        self._pending = [data[end:]] if end < len(data) else []
+
+    def value(self) -> bytes:
+        """The kept text (after the last ``feed``)."""
+        self._filter(b''.join(self._pending))
+        self._pending = []
+        return b''.join(self._kept)
+
+    def _filter(self, block: bytes) -> None:
+        """Filter ``block``, which starts at the start of a line and ends at the end of one."""
+        position = 0
+        while position < len(block):
+            markers = (b'*', b'COMMIT') if self._skipping else (b'*',)
+            start = min(_find_marked_line(block, marker, position) for marker in markers)
+            if self._skipping:
+                self._kept.append(b'\n' * block.count(b'\n', position, start))
+            else:
+                self._kept.append(block[position:start])
+            if start == len(block):
+                return
+            end = block.find(b'\n', start)
+            end = len(block) if end < 0 else end + 1
+            line = block[start:end]
+            text = line.decode('utf-8', 'surrogateescape')  # stripped as the parser strips it
+            if text[:1] == '*':
+                self._skipping = text[1:].strip() not in self._wanted
+            elif text.rstrip() == 'COMMIT':
+                self._skipping = False
+            else:  # a longer line starting with COMMIT, in a skipped table
+                line = b'\n' if line.endswith(b'\n') else b''
+            self._kept.append(line)
+            position = end
+
+
+def _find_marked_line(block: bytes, marker: bytes, position: int) -> int:
+    """The index of the first line at or after ``position`` (a line start) that starts with ``marker``."""
+    if block.startswith(marker, position):
+        return position
+    found = block.find(b'\n' + marker, position)
+    return len(block) if found < 0 else found + 1
+
+
 def _numbered_lines(source: Union[str, Iterable[str]]) -> Iterator[Tuple[int, str]]:
     if isinstance(source, str):
         return _TextLines(source)

@@ -7,8 +7,9 @@ import time
 import pytest
 
 from datadog_checks.loopback_traffic.applicability import ApplicabilityChecker
-from datadog_checks.loopback_traffic.collect import collect
+from datadog_checks.loopback_traffic.collect import CollectionError, collect, read_file
 from datadog_checks.loopback_traffic.config import parse_options
+from datadog_checks.loopback_traffic.parser import EVALUATED_TABLES, parse_ruleset
 from datadog_checks.loopback_traffic.pipeline import InstanceState, run_rule
 from datadog_checks.loopback_traffic.results import Status
 
@@ -118,3 +119,29 @@ def test_chain_listings_skip_the_chains_no_loopback_packet_reaches(netns, cis_po
     assert {'INPUT', 'OUTPUT', 'PREROUTING', 'POSTROUTING'} <= listed_chains
     assert ('KUBE-SERVICES' in listed_chains) is listed
     assert ('KUBE-FIREWALL' in listed_chains) is listed
+
+
+def test_a_whole_save_keeps_only_the_evaluated_tables_as_it_streams_in(netns):
+    """`collection: save` reads the whole iptables-save, nat included, but holds only the tables it
+    evaluates: the nat table's lines are dropped as they pass (their line numbers are kept)."""
+    text = generate.PRESETS['k8s-1k'].text('ipv4')
+    netns.restore(text, 'ipv4')
+    (collected,) = collect(options(netns, 'save', 'ipv4'), 'ipv4')
+    ((kept, _),) = collected.pieces
+    saved = netns.run(['iptables-save'], check=True).stdout
+    assert '*nat' in saved and '-A KUBE-SVC-' in saved
+    assert '*nat' in kept and '-A KUBE-SVC-' not in kept and '*filter' in kept
+    assert kept.count('\n') == saved.count('\n')
+    assert len(kept) < len(saved) // 2
+
+
+def test_a_saved_file_is_read_keeping_only_the_evaluated_tables(tmp_path):
+    text = generate.PRESETS['k8s-1k'].text('ipv4')
+    path = tmp_path / 'rules.v4'
+    path.write_text(text)
+    collected = read_file(str(path), 10**9)
+    ((kept, _),) = collected.pieces
+    assert '-A KUBE-SVC-' in text and '-A KUBE-SVC-' not in kept
+    assert parse_ruleset(kept, tables=EVALUATED_TABLES) == parse_ruleset(text, tables=EVALUATED_TABLES)
+    with pytest.raises(CollectionError, match='larger than 1000 bytes'):
+        read_file(str(path), 1000)

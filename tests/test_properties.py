@@ -1,4 +1,5 @@
 """Property tests: the model survives a render/parse round trip; the evaluator always answers."""
+import itertools
 from types import MappingProxyType
 
 from hypothesis import HealthCheck, given, settings
@@ -6,7 +7,7 @@ from hypothesis import strategies as st
 
 from datadog_checks.loopback_traffic.evaluator import EFFECTIVE, LITERAL, Source, evaluate
 from datadog_checks.loopback_traffic.model import BUILTIN_CHAINS, Counters, Match, Option, Rule, Ruleset, Table, Target
-from datadog_checks.loopback_traffic.parser import ParseError, parse_rule, parse_ruleset, tokenize
+from datadog_checks.loopback_traffic.parser import EVALUATED_TABLES, ParseError, UnreadTablesFilter, parse_rule, parse_ruleset, tokenize
 from datadog_checks.loopback_traffic.model import Chain
 from datadog_checks.loopback_traffic.render import render_ruleset
 from datadog_checks.loopback_traffic.requirements import COMPLIANCE_RULES
@@ -141,3 +142,53 @@ def test_tokenizer_splits_like_iptables_restore(text):
         assert expected is None
         return
     assert [(str(token), token.quoted) for token in tokens] == expected
+
+
+# --- streaming: the unread tables dropped as the text passes ---------------------------------------
+
+SAVE_LINES = st.sampled_from(
+    [
+        '*filter', '*nat', '*raw', '*mangle', '*security', '*nat ', '*filter\r', '* nat', '*nat\u00a0', '*filter\u00a0', '*bad name',
+        'COMMIT', 'COMMIT\r', 'COMMIT ', 'COMMIT\x1c', 'COMMITTED', ' COMMIT', ':INPUT ACCEPT [0:0]', ':OUTPUT DROP [1:2]',
+        ':A - [0:0]', ':PREROUTING ACCEPT [0:0]', '-A INPUT -i lo -j ACCEPT', '-A OUTPUT -o lo -j ACCEPT',
+        '-A INPUT -s 127.0.0.0/8 -j DROP', '-A A -j RETURN', '-A INPUT -j A', '-A PREROUTING -j DNAT --to-destination 10.0.0.1',
+        '[1:2] -A INPUT -j ACCEPT', '-A INPUT -m comment --comment "x y', "# Table `nat' is incompatible, use 'nft' tool.",
+        '# Warning: iptables-legacy tables present, use iptables-legacy-save to see them', '', '   ', 'garbage', '\u00e9\x00',
+    ]
+)
+
+
+def _outcome(text):
+    try:
+        ruleset = parse_ruleset(text, tables=EVALUATED_TABLES)
+        return ruleset, [chain.rules for table in ruleset.tables.values() for chain in table.chains.values()]
+    except ParseError as error:
+        return ('error', error.line, str(error))
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(SAVE_LINES, max_size=30), st.booleans(), st.lists(st.integers(1, 40), min_size=1, max_size=8))
+def test_dropping_unread_tables_while_streaming_parses_the_same(lines, final_newline, chunk_sizes):
+    data = ('\n'.join(lines) + ('\n' if final_newline and lines else '')).encode('utf-8', 'surrogateescape')
+    stream = UnreadTablesFilter(EVALUATED_TABLES)
+    position, sizes = 0, itertools.cycle(chunk_sizes)
+    while position < len(data):
+        size = next(sizes)
+        stream.feed(data[position : position + size])
+        position += size
+    kept = stream.value()
+    assert kept.count(b'\n') <= data.count(b'\n')
+    assert _outcome(kept.decode('utf-8', 'surrogateescape')) == _outcome(data.decode('utf-8', 'surrogateescape'))
+
+
+def test_dropping_unread_tables_keeps_only_the_evaluated_ones():
+    nat = ''.join('-A KUBE-SERVICES -d 10.0.{}.{}/32 -j KUBE-SVC-X\n'.format(i // 250, i % 250) for i in range(5000))
+    text = '*nat\n:KUBE-SERVICES - [0:0]\n' + nat + 'COMMIT\n*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n'
+    stream = UnreadTablesFilter(EVALUATED_TABLES)
+    for start in range(0, len(text), 4096):
+        stream.feed(text[start : start + 4096].encode())
+    kept = stream.value()
+    assert b'KUBE' not in kept and len(kept) < len(text) // 20
+    ruleset = parse_ruleset(kept.decode(), tables=EVALUATED_TABLES)
+    assert ruleset == parse_ruleset(text, tables=EVALUATED_TABLES)
+    assert ruleset.chain('filter', 'INPUT').rules[0].line == 5006
