@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from .config import LEGACY, NFT, Options
-from .evaluator import reach
+from .evaluator import EXTENSION_TARGETS, reach
 from .model import BUILTIN_CHAINS, Ruleset
 from .parser import EVALUATED_TABLES, ParseError, UnreadTablesFilter, merge_rulesets, parse_ruleset
 from .requirements import IPV4, REQUIREMENTS, rule_for_family
@@ -273,12 +273,6 @@ def read_stream(stream: BinaryIO, origin: str) -> Collected:
     return collected_text(kept.value().decode('utf-8', 'surrogateescape'), origin)
 
 
-# Targets that are never user chains: no need to ask for their rules.
-_EXTENSION_TARGETS = frozenset(
-    'ACCEPT DROP REJECT RETURN QUEUE NFQUEUE LOG NFLOG ULOG MARK CONNMARK CT NOTRACK AUDIT TRACE CLASSIFY DSCP TOS '
-    'TTL HL TCPMSS SECMARK CONNSECMARK MASQUERADE SNAT DNAT REDIRECT TPROXY TEE SET CHECKSUM IDLETIMER LED HMARK '
-    'SYNPROXY NETMAP CLUSTERIP RATEEST'.split()
-)
 EVALUATED_TABLE_NAMES = ('raw', 'mangle', 'filter', 'security')
 # The chains on the evaluated paths, by table (spec section 2).
 PATH_CHAINS = {
@@ -364,7 +358,7 @@ def _list_chains(base: List[str], options: Options, family: str) -> List[Tuple[s
             wanted = reach(rule, merge_rulesets(parts)).undeclared
         except ParseError:
             return listings  # the pipeline parses the listings again and reports the error
-        requests = sorted(request for request in wanted if request[1] not in _EXTENSION_TARGETS and request not in seen)
+        requests = sorted(request for request in wanted if request[1] not in EXTENSION_TARGETS and request not in seen)
         seen.update(requests)
     return listings
 

@@ -7,6 +7,7 @@ rules whatever the jumps, gotos and RETURNs.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -35,6 +36,13 @@ MODES = (EFFECTIVE, LITERAL)
 _VERDICT_TARGETS = {'ACCEPT': ACCEPT, 'DROP': DENY, 'REJECT': DENY, 'QUEUE': QUEUE, 'NFQUEUE': QUEUE}
 # Targets that end or leave the walk and are never chains.
 _WALK_TARGETS = frozenset(_VERDICT_TARGETS) | {'RETURN'}
+# Targets of iptables extensions: user chains only where a chain of that name is declared.
+EXTENSION_TARGETS = frozenset(
+    'ACCEPT DROP REJECT RETURN QUEUE NFQUEUE LOG NFLOG ULOG MARK CONNMARK CT NOTRACK AUDIT TRACE CLASSIFY DSCP TOS '
+    'TTL HL TCPMSS SECMARK CONNSECMARK MASQUERADE SNAT DNAT REDIRECT TPROXY TEE SET CHECKSUM IDLETIMER LED HMARK '
+    'SYNPROXY NETMAP CLUSTERIP RATEEST'.split()
+)
+_TARGET_WORDS = re.compile(r'(?:^|\s)(?:-j|--jump|-g|--goto)\s+(\S+)')
 _POLICY_VERDICTS = {'ACCEPT': ACCEPT, 'DROP': DENY}
 _VERDICT_WORDS = {ACCEPT: 'accepted', DENY: 'dropped', QUEUE: 'queued to user space'}
 
@@ -526,6 +534,7 @@ def reach(rule: ComplianceRule, ruleset: Ruleset, relations: Optional[Relations]
     relations = relations if relations is not None else Relations()
     chains: Set[Tuple[str, str]] = set()
     undeclared: Set[Tuple[str, str]] = set()
+    may_enter: Dict[Tuple[str, str], bool] = {}
     for requirement in REQUIREMENTS:
         packets = requirement.packet_class(rule.loopback)
         seen: Set[Tuple[str, str]] = set()  # by this class
@@ -541,6 +550,8 @@ def reach(rule: ComplianceRule, ruleset: Ruleset, relations: Optional[Relations]
                 seen.add((table.name, name))
                 chains.add((table.name, name))
                 chain = table.chains[name]
+                if not may_enter.setdefault((table.name, name), _may_enter_a_chain(chain, table)):
+                    continue  # nothing to follow: its rules need not even be parsed
                 for rule_, relation in zip(chain.rules, relations.of(chain, packets)):
                     target = rule_.target
                     if relation is NONE or target is None or target.name in _WALK_TARGETS:
@@ -551,6 +562,17 @@ def reach(rule: ComplianceRule, ruleset: Ruleset, relations: Optional[Relations]
                     elif not callee.is_builtin:
                         stack.append(target.name)
     return Reach(frozenset(chains), frozenset(undeclared))
+
+
+def _may_enter_a_chain(chain: Chain, table: Table) -> bool:
+    """Whether a rule of ``chain`` may jump or go to a chain, read from the rule texts without parsing
+    them (a Kubernetes node's 9,000 REJECT rules of a service chain cannot); a target spelt oddly, or
+    the words ``-j NAME`` in a comment, count as one that may."""
+    for raw in chain.raw_rules:
+        for name in _TARGET_WORDS.findall(raw.text):
+            if name not in _WALK_TARGETS and (name in table.chains or name not in EXTENSION_TARGETS):
+                return True
+    return False
 
 
 def _rules_on_path(rule: ComplianceRule, sources: Sequence[Source], relations: Relations) -> int:
