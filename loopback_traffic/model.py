@@ -26,13 +26,13 @@ BUILTIN_CHAINS: Mapping[str, Tuple[str, ...]] = MappingProxyType(
 POLICIES = ('ACCEPT', 'DROP')
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Counters:
     packets: int
     bytes: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Option:
     """One option of a match: ``-s 127.0.0.0/8``, ``! --ctstate NEW``, ``--comment "a b"``."""
 
@@ -41,7 +41,7 @@ class Option:
     negated: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Match:
     """A built-in criterion (``module`` is empty, one option) or a ``-m module`` with its options."""
 
@@ -49,7 +49,7 @@ class Match:
     options: Tuple[Option, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Target:
     """``-j NAME args...`` (``goto`` False) or ``-g NAME`` (``goto`` True)."""
 
@@ -58,7 +58,7 @@ class Target:
     goto: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     chain: str
     matches: Tuple[Match, ...]
@@ -69,7 +69,7 @@ class Rule:
     text: str = field(default='', compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RawRule:
     line: int
     text: str
@@ -129,7 +129,7 @@ class Chain:
         return 'Chain({!r}, policy={!r}, rules={})'.format(self.name, self.policy, len(self.raw_rules))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Table:
     name: str
     chains: Mapping[str, Chain]
@@ -143,7 +143,7 @@ class Table:
         return sum(len(chain) for chain in self.chains.values())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SaveWarning:
     """A ``#`` line of the save output that changes what the ruleset means."""
 
@@ -157,7 +157,7 @@ LEGACY_TABLES_PRESENT = 'legacy_tables_present'
 INCOMPATIBLE_TABLE = 'incompatible_table'
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ruleset:
     tables: Mapping[str, Table]
     warnings: Tuple[SaveWarning, ...] = ()
