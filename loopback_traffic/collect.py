@@ -12,11 +12,11 @@ import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import BinaryIO, Callable, Dict, FrozenSet, List, Optional, Protocol, Sequence, Tuple
 
 from .config import LEGACY, NFT, Options
 from .evaluator import EXTENSION_TARGETS, reach
-from .model import BUILTIN_CHAINS, Ruleset
+from .model import BUILTIN_CHAINS
 from .parser import EVALUATED_TABLES, ParseError, UnreadTablesFilter, merge_rulesets, parse_ruleset
 from .requirements import IPV4, REQUIREMENTS, rule_for_family
 
@@ -291,11 +291,14 @@ _NO_SUCH_CHAIN = ('No chain/target/match by that name', 'does not exist', "doesn
 
 @dataclass
 class ListingHistory:
-    """What one check instance learnt about listing this host's tables: per family, when the
-    tables were last listed whole and what that cost. Never shared between instances."""
+    """What one check instance learnt about listing this host's tables, per family: when the tables
+    were last listed whole and what that cost, the user chains the last chain listings needed, and
+    the last answer of which chains to list next. Never shared between instances."""
 
     whole_listing_cost: Dict[str, float] = field(default_factory=dict)
     whole_listing_at: Dict[str, float] = field(default_factory=dict)
+    user_chains: Dict[str, Tuple[Tuple[str, str], ...]] = field(default_factory=dict)
+    discovered: Dict[str, Tuple[tuple, FrozenSet[Tuple[str, str]]]] = field(default_factory=dict)
 
     def whole_listing_due(self, family: str, interval: float, now: float) -> bool:
         cost = self.whole_listing_cost.get(family)
@@ -325,7 +328,7 @@ def _no_such_chain(chain: str, stderr: str) -> bool:
 
 def _list(
     base: List[str], options: Options, requests: Sequence[Tuple[str, Optional[str]]], with_nat: bool = False
-) -> List[Tuple[str, CommandOutput]]:
+) -> List[Tuple[str, Optional[str], CommandOutput]]:
     """``iptables -t TABLE -S [CHAIN]`` for each (table, chain), side by side (``with_nat``: the nat
     chains with them); a user chain that turns out not to exist (an extension target after all)
     gives no listing."""
@@ -335,32 +338,46 @@ def _list(
     for argv, (table, chain), output in zip(argvs, requests, run_commands(argvs, options.timeout, options.max_output_bytes)):
         if output.returncode == 0:
             if table in PATH_CHAINS:
-                listings.append((table, output))
+                listings.append((table, chain, output))
         elif not (chain and table in PATH_CHAINS and chain not in BUILTIN_CHAINS[table] and _no_such_chain(chain, output.stderr)):
             raise CollectionError(_explain_failure(argv, output, options.use_sudo))
     return listings
 
 
-def _list_chains(base: List[str], options: Options, family: str) -> List[Tuple[str, CommandOutput]]:
+def _list_chains(base: List[str], options: Options, family: str, history: ListingHistory) -> List[Tuple[str, CommandOutput]]:
     """The path chains, then round by round the user chains the loopback classes reach from them
     (``evaluator.reach``), each round side by side. A chain that only packets of no class can
-    reach (a Kubernetes node's service chains behind an accept of lo) is never listed."""
-    rule = rule_for_family(family)
-    requests: List[Tuple[str, Optional[str]]] = [(table, chain) for table in EVALUATED_TABLE_NAMES for chain in PATH_CHAINS[table]]
+    reach (a Kubernetes node's service chains behind an accept of lo) is never listed. The user
+    chains the last run needed are listed with the path chains, not a round later."""
+    path: List[Tuple[str, Optional[str]]] = [(table, chain) for table in EVALUATED_TABLE_NAMES for chain in PATH_CHAINS[table]]
+    requests = path + list(history.user_chains.get(family, ()))
     seen = set(requests)
-    listings: List[Tuple[str, CommandOutput]] = []
-    parts: List[Ruleset] = []
+    listings: List[Tuple[str, Optional[str], CommandOutput]] = []
     while requests:
-        found = _list(base, options, requests, with_nat=not listings)
-        listings.extend(found)
-        try:
-            parts.extend(parse_ruleset(output.stdout, tables=EVALUATED_TABLES, listing_table=table) for table, output in found)
-            wanted = reach(rule, merge_rulesets(parts)).undeclared
-        except ParseError:
-            return listings  # the pipeline parses the listings again and reports the error
+        listings.extend(_list(base, options, requests, with_nat=not listings))
+        wanted = _discover(family, listings, history)
         requests = sorted(request for request in wanted if request[1] not in EXTENSION_TARGETS and request not in seen)
         seen.update(requests)
-    return listings
+    history.user_chains[family] = tuple(
+        (table, chain) for table, chain, _ in listings if chain is not None and chain not in BUILTIN_CHAINS[table]
+    )
+    return [(table, output) for table, _, output in listings]
+
+
+def _discover(family: str, listings: Sequence[Tuple[str, Optional[str], CommandOutput]], history: ListingHistory) -> FrozenSet[Tuple[str, str]]:
+    """The chains that rules the loopback classes reach jump to and no listing declares yet. The
+    same listings as last time give the same answer, without parsing them again."""
+    key = tuple((table, chain, output.stdout) for table, chain, output in listings)
+    last = history.discovered.get(family)
+    if last is not None and last[0] == key:
+        return last[1]
+    try:
+        ruleset = merge_rulesets([parse_ruleset(output.stdout, tables=EVALUATED_TABLES, listing_table=table) for table, _, output in listings])
+    except ParseError:
+        return frozenset()  # the pipeline parses the listings again and reports the error
+    wanted = reach(rule_for_family(family), ruleset).undeclared
+    history.discovered[family] = (key, wanted)
+    return wanted
 
 
 def list_rules(
@@ -379,10 +396,10 @@ def list_rules(
     history = history if history is not None else ListingHistory()
     now = time.monotonic()
     if not history.whole_listing_due(family, options.table_listing_interval, now):
-        return _list_chains(base, options, family)
+        return _list_chains(base, options, family, history)
     listings = _list(base, options, [(table, None) for table in EVALUATED_TABLE_NAMES], with_nat=True)
     history.record_whole_listing(family, time.monotonic() - now, now)
-    return listings
+    return [(table, output) for table, _, output in listings]
 
 
 def tool_kind(name: str) -> Optional[str]:

@@ -145,3 +145,20 @@ def test_a_saved_file_is_read_keeping_only_the_evaluated_tables(tmp_path):
     assert parse_ruleset(kept, tables=EVALUATED_TABLES) == parse_ruleset(text, tables=EVALUATED_TABLES)
     with pytest.raises(CollectionError, match='larger than 1000 bytes'):
         read_file(str(path), 1000)
+
+
+def test_chain_listings_remember_the_user_chains_of_the_last_run(netns):
+    """The user chains one run needed are listed with the path chains on the next run; the answer
+    stays the full save's when the ruleset changes under them (chains gone, or no longer reached)."""
+    state = expensive_tables('ipv4')
+    netns.restore(generate.PRESETS['k8s-1k'].with_cis('bottom').text('ipv4'), 'ipv4')
+    first = evaluate_with(netns, 'listing', 'ipv4', state)
+    assert ('filter', 'KUBE-SERVICES') in state.listing.user_chains['ipv4']
+    second = evaluate_with(netns, 'listing', 'ipv4', state)
+    assert first.result == second.result == evaluate_with(netns, 'save', 'ipv4').result
+    for layout in (generate.PRESETS['cis'], generate.PRESETS['k8s-1k'], generate.PRESETS['k8s-1k'].with_cis('bottom')):
+        netns.restore(layout.text('ipv4'), 'ipv4')
+        listed, full = evaluate_with(netns, 'listing', 'ipv4', state), evaluate_with(netns, 'save', 'ipv4')
+        assert listed.result == full.result
+        assert listed.result.rules_on_path == full.result.rules_on_path
+    assert ('filter', 'KUBE-SERVICES') in state.listing.user_chains['ipv4']
