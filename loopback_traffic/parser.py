@@ -437,9 +437,11 @@ def _find_line_start(text: str, marker: str, search_from: int) -> int:
 class UnreadTablesFilter:
     """Drops, as ``iptables-save`` output streams past, the lines of the tables ``parse_ruleset``
     would skip (a Kubernetes node's nat table is most of a save), so that only the evaluated tables
-    are held in memory. Each dropped line leaves its newline, and table headers and ``COMMIT``
-    lines are kept: the filtered text parses to the same ruleset, or fails on the same line with
-    the same message, as the whole text (``tables=`` the same tables)."""
+    are held in memory. Comments other than the tools' warnings (``iptables-save``'s timestamps)
+    are dropped too, so that an unchanged ruleset gives the same text. Each dropped line leaves its
+    newline, and table headers and ``COMMIT`` lines are kept: the filtered text parses to the same
+    ruleset, or fails on the same line with the same message, as the whole text (``tables=`` the
+    same tables)."""
 
     def __init__(self, tables: Iterable[str] = EVALUATED_TABLES) -> None:
         self._wanted = frozenset(tables)
@@ -469,7 +471,7 @@ class UnreadTablesFilter:
         """Filter ``block``, which starts at the start of a line and ends at the end of one."""
         position = 0
         while position < len(block):
-            markers = (b'*', b'COMMIT') if self._skipping else (b'*',)
+            markers = (b'*', b'COMMIT') if self._skipping else (b'*', b'#')
             start = min(_find_marked_line(block, marker, position) for marker in markers)
             if self._skipping:
                 self._kept.append(b'\n' * block.count(b'\n', position, start))
@@ -483,6 +485,9 @@ class UnreadTablesFilter:
             text = line.decode('utf-8', 'surrogateescape')  # stripped as the parser strips it
             if text[:1] == '*':
                 self._skipping = text[1:].strip() not in self._wanted
+            elif text[:1] == '#':
+                if _comment_warning(text[:-1] if text.endswith('\n') else text, 0) is None:
+                    line = b'\n' if line.endswith(b'\n') else b''
             elif text.rstrip() == 'COMMIT':
                 self._skipping = False
             else:  # a longer line starting with COMMIT, in a skipped table

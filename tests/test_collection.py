@@ -162,3 +162,19 @@ def test_chain_listings_remember_the_user_chains_of_the_last_run(netns):
         assert listed.result == full.result
         assert listed.result.rules_on_path == full.result.rules_on_path
     assert ('filter', 'KUBE-SERVICES') in state.listing.user_chains['ipv4']
+
+
+@pytest.mark.parametrize('backend', ['nft', 'legacy'])
+def test_an_unchanged_ruleset_read_by_save_reuses_the_last_result(netns, backend):
+    """iptables-save stamps its output with the time; the stamp is not part of the ruleset, so the
+    next run of an unchanged ruleset reuses the result instead of evaluating it again."""
+    netns.restore(generate.PRESETS['k8s-1k'].text('ipv4'), 'ipv4', backend)
+    state = InstanceState()
+    collection = 'save' if backend == 'nft' else 'auto'
+    more = {} if backend == 'nft' else {'iptables_save_command': netns.argv_prefix() + ['iptables-legacy-save']}
+    first = evaluate_with(netns, collection, 'ipv4', state, **more)
+    time.sleep(1.1)  # a later timestamp
+    second = evaluate_with(netns, collection, 'ipv4', state, **more)
+    assert second.result is first.result
+    netns.restore(filter_table('-A INPUT -i lo -j ACCEPT'), 'ipv4', backend)
+    assert evaluate_with(netns, collection, 'ipv4', state, **more).result is not first.result
