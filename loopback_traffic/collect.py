@@ -250,25 +250,20 @@ def read_file(path: str, max_output_bytes: int) -> Collected:
         os.close(descriptor)
         what = 'a directory, not a file' if stat.S_ISDIR(mode) else 'not a regular file'
         raise CollectionError('saved ruleset {} is {} (option `ruleset_files`)'.format(path, what))
-    kept, size = UnreadTablesFilter(), 0
     with os.fdopen(descriptor, 'rb') as saved:
         try:
-            for chunk in iter(lambda: saved.read(_READ_CHUNK), b''):
-                size += len(chunk)
-                if size > max_output_bytes:
-                    raise CollectionError(
-                        'saved ruleset {} is larger than {} bytes (option `max_output_bytes`)'.format(path, max_output_bytes)
-                    )
-                kept.feed(chunk)
+            return read_stream(saved, path, max_output_bytes)
         except OSError as error:
             raise CollectionError('cannot read saved ruleset {}: {}'.format(path, error.strerror or error))
-    return collected_text(kept.value().decode('utf-8', 'surrogateescape'), path)
 
 
-def read_stream(stream: BinaryIO, origin: str) -> Collected:
-    """A ruleset read from ``stream`` to its end, keeping only the evaluated tables as it streams in."""
-    kept = UnreadTablesFilter()
+def read_stream(stream: BinaryIO, origin: str, max_output_bytes: Optional[int] = None) -> Collected:
+    """A saved ruleset read from ``stream`` to its end, keeping only the evaluated tables as it streams in."""
+    kept, size = UnreadTablesFilter(), 0
     for chunk in iter(lambda: stream.read(_READ_CHUNK), b''):
+        size += len(chunk)
+        if max_output_bytes is not None and size > max_output_bytes:
+            raise CollectionError('saved ruleset {} is larger than {} bytes (option `max_output_bytes`)'.format(origin, max_output_bytes))
         kept.feed(chunk)
     return collected_text(kept.value().decode('utf-8', 'surrogateescape'), origin)
 

@@ -116,7 +116,7 @@ _RETURNED = _Summary(None, None, False, None)
 
 def _ends_the_walk(rule: Rule) -> bool:
     target = rule.target
-    return target is not None and (target.name in _VERDICT_TARGETS or target.name == 'RETURN' or target.goto)
+    return target is not None and (target.name in _WALK_TARGETS or target.goto)
 
 
 class Relations:
