@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Callable, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 BUILTIN_CHAINS: Mapping[str, Tuple[str, ...]] = MappingProxyType(
     {
@@ -24,6 +24,36 @@ BUILTIN_CHAINS: Mapping[str, Tuple[str, ...]] = MappingProxyType(
 )
 
 POLICIES = ('ACCEPT', 'DROP')
+
+
+@dataclass(frozen=True, slots=True)
+class BaseChain:
+    """Where a chain is attached to the kernel's packet path: its hook (nft's names: ``prerouting``,
+    ``input``, ``output``, ``postrouting``, ``ingress``...), its priority (lower runs first), its type
+    (``filter``, ``nat``, ``route``) and, for ingress chains, the devices it is attached to."""
+
+    hook: str
+    priority: int
+    type: str = 'filter'
+    devices: Tuple[str, ...] = ()
+
+
+# The hooks and priorities of iptables' built-in chains (the kernel's NF_IP_PRI_* values, which
+# iptables-nft uses too): one catalogue for the text front-end.
+_IPTABLES_PRIORITIES: Mapping[str, int] = {'raw': -300, 'mangle': -150, 'filter': 0, 'security': 50}
+IPTABLES_BASE_CHAINS: Mapping[Tuple[str, str], BaseChain] = MappingProxyType(
+    {
+        **{
+            (table, chain): BaseChain(chain.lower(), priority, 'route' if (table, chain) == ('mangle', 'OUTPUT') else 'filter')
+            for table, priority in _IPTABLES_PRIORITIES.items()
+            for chain in BUILTIN_CHAINS[table]
+        },
+        ('nat', 'PREROUTING'): BaseChain('prerouting', -100, 'nat'),
+        ('nat', 'OUTPUT'): BaseChain('output', -100, 'nat'),
+        ('nat', 'INPUT'): BaseChain('input', 100, 'nat'),
+        ('nat', 'POSTROUTING'): BaseChain('postrouting', 100, 'nat'),
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +79,13 @@ class Match:
     options: Tuple[Option, ...] = ()
 
 
+# What a target is known to be. iptables text cannot tell ``-j NAME`` for a chain from an extension
+# target of that name (a chain is one where a chain NAME is declared); the kernel's representation can.
+AS_WRITTEN = ''  # text front-end: a chain where one of that name is declared, else an extension
+JUMP = 'jump'  # certainly a jump (or goto) to the chain NAME
+STATEMENT = 'statement'  # certainly no chain: a verdict, an extension target or a native statement
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """``-j NAME args...`` (``goto`` False) or ``-g NAME`` (``goto`` True)."""
@@ -56,6 +93,7 @@ class Target:
     name: str
     args: Tuple[str, ...] = ()
     goto: bool = False
+    kind: str = AS_WRITTEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +105,12 @@ class Rule:
     # Where the rule came from; not part of what the rule means.
     line: int = field(default=0, compare=False)
     text: str = field(default='', compare=False)
+    handle: int = field(default=0, compare=False)  # nf_tables rule handle (netlink front-end)
+    # Statements that do not decide, besides the target (a native rule can hold several:
+    # ``meta mark set 0x1 counter accept``): MARK, CONNMARK, CT, NOTRACK, LOG ... as targets.
+    actions: Tuple[Target, ...] = ()
+    # Set when the rule holds an expression the front-end could not decode: what it was.
+    undecoded: str = ''
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,20 +122,31 @@ class RawRule:
 class Chain:
     """A chain: its name, its policy (built-in chains) or None (user chains), and its rules.
 
-    Immutable. ``rules`` is parsed on first access with the parser's rule tokeniser; a rule that does
-    not parse raises :class:`.parser.ParseError` then.
+    Immutable. ``rules`` is built on first access from ``raw_rules`` by ``parse_rule`` (the text
+    front-end tokenises a line; the netlink front-end decodes expressions); a rule that does not
+    parse raises :class:`.parser.ParseError` then. ``base`` says where a built-in (base) chain is
+    attached to the packet path.
     """
+
+    name: str
+    policy: Optional[str]
+    base: Optional[BaseChain]
+    counters: Optional[Counters]
+    line: int
+    raw_rules: Tuple[Any, ...]
 
     def __init__(
         self,
         name: str,
         policy: Optional[str],
-        raw_rules: Tuple[RawRule, ...],
-        parse_rule: Callable[[RawRule], Rule],
+        raw_rules: Tuple[Any, ...],
+        parse_rule: Callable[[Any], Union[Rule, Tuple[Rule, ...]]],
         counters: Optional[Counters] = None,
         line: int = 0,
+        base: Optional[BaseChain] = None,
     ) -> None:
         object.__setattr__(self, 'name', name)
+        object.__setattr__(self, 'base', base)
         object.__setattr__(self, 'policy', policy)
         object.__setattr__(self, 'counters', counters)
         object.__setattr__(self, 'line', line)
@@ -103,7 +158,12 @@ class Chain:
 
     @cached_property
     def rules(self) -> Tuple[Rule, ...]:
-        return tuple(self._parse_rule(raw) for raw in self.raw_rules)
+        found: list = []
+        for raw in self.raw_rules:
+            parsed = self._parse_rule(raw)
+            # One kernel rule can stand for several (a verdict map: one rule per element).
+            found.extend(parsed) if isinstance(parsed, tuple) else found.append(parsed)
+        return tuple(found)
 
     def __len__(self) -> int:
         return len(self.raw_rules)
@@ -115,9 +175,10 @@ class Chain:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Chain):
             return NotImplemented
-        return (self.name, self.policy, self.counters, self.rules) == (
+        return (self.name, self.policy, self.base, self.counters, self.rules) == (
             other.name,
             other.policy,
+            other.base,
             other.counters,
             other.rules,
         )
@@ -134,6 +195,11 @@ class Table:
     name: str
     chains: Mapping[str, Chain]
     line: int = field(default=0, compare=False)
+    # nf_tables family ('ip', 'ip6', 'inet', 'netdev'); '' for a table read from iptables text.
+    family: str = ''
+    dormant: bool = False  # a dormant nf_tables table takes no part in the packet path
+    # A table nft wrote (not iptables-nft's): messages name it 'inet hostfw' and fixes use nft.
+    native: bool = False
 
     def chain(self, name: str) -> Optional[Chain]:
         return self.chains.get(name)

@@ -13,6 +13,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 from .model import (
     BUILTIN_CHAINS,
+    IPTABLES_BASE_CHAINS,
     INCOMPATIBLE_TABLE,
     LEGACY_TABLES_PRESENT,
     POLICIES,
@@ -342,7 +343,7 @@ class _TableBuilder:
 
     def build(self) -> Table:
         chains = {
-            name: Chain(name, policy, tuple(self.rules[name]), parse_rule, counters, line)
+            name: Chain(name, policy, tuple(self.rules[name]), parse_rule, counters, line, IPTABLES_BASE_CHAINS.get((self.name, name)))
             for name, (policy, counters, line) in self.declared.items()
         }
         return Table(self.name, MappingProxyType(chains), self.line)

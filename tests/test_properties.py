@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datadog_checks.loopback_traffic.evaluator import EFFECTIVE, LITERAL, Source, evaluate
-from datadog_checks.loopback_traffic.model import BUILTIN_CHAINS, Counters, Match, Option, Rule, Ruleset, Table, Target
+from datadog_checks.loopback_traffic.model import BUILTIN_CHAINS, IPTABLES_BASE_CHAINS, Counters, Match, Option, Rule, Ruleset, Table, Target
 from datadog_checks.loopback_traffic.parser import EVALUATED_TABLES, ParseError, UnreadTablesFilter, parse_rule, parse_ruleset, tokenize
 from datadog_checks.loopback_traffic.model import Chain
 from datadog_checks.loopback_traffic.render import render_ruleset
@@ -66,7 +66,9 @@ def rulesets(draw):
 
             raw = tuple(RawRule(0, render_rule(rule)) for rule in rules)
             policy = draw(st.sampled_from(['ACCEPT', 'DROP'])) if chain_name in builtins else None
-            chains[chain_name] = Chain(chain_name, policy, raw, parse_rule, draw(counters) if policy else None)
+            chains[chain_name] = Chain(
+                chain_name, policy, raw, parse_rule, draw(counters) if policy else None, base=IPTABLES_BASE_CHAINS.get((table_name, chain_name))
+            )
         tables[table_name] = Table(table_name, MappingProxyType(chains))
     return Ruleset(MappingProxyType(tables)), tables
 

@@ -1,0 +1,231 @@
+"""The kernel's own representation of an nf_tables ruleset, as read over netlink. Pure data: no I/O.
+
+Filled by :mod:`.netlink` (the wire reader) and turned into the evaluator's model by
+:mod:`.nft_decode`. Values are kept as the kernel sends them: attribute payloads are raw bytes
+(netfilter's integers are big-endian), rule expressions are decoded only when asked for, so that
+the rules of a Kubernetes node's service chains cost one slice of the reply each.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Dict, List, Mapping, Optional, Tuple
+
+# nfgenmsg families (NFPROTO_*), and their names as nft writes them.
+NFPROTO_UNSPEC = 0
+NFPROTO_INET = 1
+NFPROTO_IPV4 = 2
+NFPROTO_ARP = 3
+NFPROTO_NETDEV = 5
+NFPROTO_BRIDGE = 7
+NFPROTO_IPV6 = 10
+FAMILY_NAMES: Mapping[int, str] = {
+    NFPROTO_INET: 'inet',
+    NFPROTO_IPV4: 'ip',
+    NFPROTO_ARP: 'arp',
+    NFPROTO_NETDEV: 'netdev',
+    NFPROTO_BRIDGE: 'bridge',
+    NFPROTO_IPV6: 'ip6',
+}
+
+# Hook numbers (NF_INET_*; netdev's ingress/egress have their own numbering) -> nft's names.
+INET_HOOK_NAMES: Mapping[int, str] = {0: 'prerouting', 1: 'input', 2: 'forward', 3: 'output', 4: 'postrouting', 5: 'ingress'}
+NETDEV_HOOK_NAMES: Mapping[int, str] = {0: 'ingress', 1: 'egress'}
+
+NFT_TABLE_F_DORMANT = 0x1
+
+# Set flags (NFT_SET_*).
+NFT_SET_ANONYMOUS = 0x1
+NFT_SET_CONSTANT = 0x2
+NFT_SET_INTERVAL = 0x4
+NFT_SET_MAP = 0x8
+NFT_SET_TIMEOUT = 0x10
+NFT_SET_EVAL = 0x20
+NFT_SET_OBJECT = 0x40
+NFT_SET_CONCAT = 0x80
+
+# Set element flags (NFT_SET_ELEM_*).
+NFT_SET_ELEM_INTERVAL_END = 0x1
+
+# Verdict codes (NF_* and NFT_*), as signed 32-bit integers.
+NF_DROP = 0
+NF_ACCEPT = 1
+NF_STOLEN = 2
+NF_QUEUE = 3
+NF_REPEAT = 4
+NFT_CONTINUE = -1
+NFT_BREAK = -2
+NFT_JUMP = -3
+NFT_GOTO = -4
+NFT_RETURN = -5
+
+
+class MalformedAttributes(ValueError):
+    """A netlink attribute stream that does not follow the TLV layout (truncated, bad length)."""
+
+
+def attribute_list(data: bytes) -> List[Tuple[int, bytes]]:
+    """The attributes of a netlink attribute stream, in order: (type without the NLA_F_NESTED and
+    NLA_F_NET_BYTEORDER bits, payload). Raises :class:`MalformedAttributes`."""
+    found: List[Tuple[int, bytes]] = []
+    offset, end = 0, len(data)
+    while offset + 4 <= end:
+        length, kind = struct.unpack_from('=HH', data, offset)
+        if length < 4 or offset + length > end:
+            raise MalformedAttributes('attribute of length {} at offset {} of {}'.format(length, offset, end))
+        found.append((kind & 0x3FFF, data[offset + 4 : offset + length]))
+        offset += (length + 3) & ~3
+    if offset < end and end - offset >= 4:
+        raise MalformedAttributes('trailing bytes at offset {}'.format(offset))
+    return found
+
+
+def attributes(data: bytes) -> Dict[int, bytes]:
+    """Attribute type -> payload (the last one wins when a type repeats)."""
+    return dict(attribute_list(data))
+
+
+def be32(data: bytes) -> int:
+    if len(data) != 4:
+        raise MalformedAttributes('expected 4 bytes, got {}'.format(len(data)))
+    return int.from_bytes(data, 'big')
+
+
+def be32_signed(data: bytes) -> int:
+    if len(data) != 4:
+        raise MalformedAttributes('expected 4 bytes, got {}'.format(len(data)))
+    return int.from_bytes(data, 'big', signed=True)
+
+
+def be64(data: bytes) -> int:
+    if len(data) != 8:
+        raise MalformedAttributes('expected 8 bytes, got {}'.format(len(data)))
+    return int.from_bytes(data, 'big')
+
+
+def string(data: bytes) -> str:
+    """A NUL-terminated netlink string."""
+    return data.split(b'\0', 1)[0].decode('utf-8', 'replace')
+
+
+@dataclass(frozen=True, slots=True)
+class KernelTable:
+    family: str  # 'ip', 'ip6', 'inet', 'netdev', 'arp', 'bridge'
+    name: str
+    flags: int = 0
+    handle: int = 0
+
+    @property
+    def dormant(self) -> bool:
+        return bool(self.flags & NFT_TABLE_F_DORMANT)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelChain:
+    family: str
+    table: str
+    name: str
+    handle: int = 0
+    hook: Optional[str] = None  # 'prerouting', 'input', ...; None for a regular (user) chain
+    priority: Optional[int] = None
+    type: Optional[str] = None  # 'filter', 'nat', 'route'
+    policy: Optional[str] = None  # 'accept' or 'drop' (base chains)
+    devices: Tuple[str, ...] = ()  # netdev/ingress chains
+    flags: int = 0
+
+    @property
+    def is_base(self) -> bool:
+        return self.hook is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """One expression of a rule: its name (``payload``, ``cmp``, ``match``...) and the raw payload of
+    its NFTA_EXPR_DATA (an attribute stream, read with :func:`attributes`)."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class KernelRule:
+    family: str
+    table: str
+    chain: str
+    handle: int
+    position: int = 0  # NFTA_RULE_POSITION where the kernel gives it, else 0
+    raw_expressions: bytes = field(default=b'', repr=False)  # payload of NFTA_RULE_EXPRESSIONS
+    userdata: bytes = field(default=b'', repr=False)  # NFTA_RULE_USERDATA (the comment lives there)
+
+    @cached_property
+    def expressions(self) -> Tuple[Expression, ...]:
+        """Decoded on first use. Raises :class:`MalformedAttributes`."""
+        found = []
+        for kind, element in attribute_list(self.raw_expressions):
+            if kind != 1:  # NFTA_LIST_ELEM
+                continue
+            attrs = attributes(element)
+            found.append(Expression(string(attrs.get(1, b'')), attrs.get(2, b'')))  # NFTA_EXPR_NAME, NFTA_EXPR_DATA
+        return tuple(found)
+
+    @cached_property
+    def comment(self) -> Optional[str]:
+        """The rule's comment (libnftnl's NFTNL_UDATA_RULE_COMMENT, a type-length-value of one-byte fields)."""
+        data, offset = self.userdata, 0
+        while offset + 2 <= len(data):
+            kind, length = data[offset], data[offset + 1]
+            value = data[offset + 2 : offset + 2 + length]
+            if kind == 0:
+                return string(value)
+            offset += 2 + length
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SetElement:
+    key: bytes  # NFTA_DATA_VALUE payload of NFTA_SET_ELEM_KEY
+    key_end: Optional[bytes] = None  # NFTA_SET_ELEM_KEY_END (ranges of concatenations)
+    data: Optional[bytes] = None  # raw NFTA_SET_ELEM_DATA (a nested NFTA_DATA_* stream: value or verdict)
+    flags: int = 0  # NFT_SET_ELEM_*
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSet:
+    family: str
+    table: str
+    name: str
+    flags: int = 0
+    key_type: int = 0
+    key_length: int = 0
+    data_type: Optional[int] = None  # maps only; NFT_DATA_VERDICT (0xffffff00) for verdict maps
+    data_length: Optional[int] = None
+    elements: Tuple[SetElement, ...] = ()
+    # False when the elements could not be read (e.g. the set changed size while being dumped).
+    complete: bool = True
+
+    @property
+    def is_map(self) -> bool:
+        return bool(self.flags & NFT_SET_MAP)
+
+    @property
+    def is_interval(self) -> bool:
+        return bool(self.flags & NFT_SET_INTERVAL)
+
+
+NFT_DATA_VERDICT = 0xFFFFFF00
+
+
+@dataclass(frozen=True)
+class KernelRuleset:
+    """What was read in one generation: the tables, the chains, the rules of the chains that were
+    asked for (a chain whose rules were not read has no entry in ``rules``), and the sets."""
+
+    generation: int
+    tables: Tuple[KernelTable, ...] = ()
+    chains: Tuple[KernelChain, ...] = ()
+    rules: Mapping[Tuple[str, str, str], Tuple[KernelRule, ...]] = field(default_factory=dict)  # (family, table, chain)
+    sets: Mapping[Tuple[str, str, str], KernelSet] = field(default_factory=dict)  # (family, table, set name)
+
+    def chains_of(self, family: str, table: str) -> Tuple[KernelChain, ...]:
+        return tuple(chain for chain in self.chains if chain.family == family and chain.table == table)
