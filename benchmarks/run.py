@@ -260,6 +260,8 @@ def measure_check_run(instance: dict, repeat: int = 5, tracemalloc_run=False, di
         def forget():
             aggregator.reset()
             state.evaluated.clear()
+            if hasattr(state, 'kernel'):
+                state.kernel.ruleset = None  # read the kernel's ruleset again, as after a change
 
         changed = measure(once, repeat, between=forget)
         m.extra['changed_wall'] = changed.wall
@@ -316,7 +318,7 @@ def measure_offline(path: str, family: str = 'ipv4', repeat: int = 5, tracemallo
     Adjust here if the parser/evaluator API changes (this mirrors ``pipeline.run_rule``).
     """
     try:
-        from datadog_checks.loopback_traffic.collect import read_file
+        from datadog_checks.loopback_traffic.saves import read_file
         from datadog_checks.loopback_traffic.config import DEFAULT_MAX_OUTPUT_BYTES
         from datadog_checks.loopback_traffic.evaluator import Source, evaluate
         from datadog_checks.loopback_traffic.parser import EVALUATED_TABLES, parse_ruleset
@@ -326,7 +328,7 @@ def measure_offline(path: str, family: str = 'ipv4', repeat: int = 5, tracemallo
     rule = rule_for_family(family)
 
     def once():
-        ((text, _),) = read_file(path, DEFAULT_MAX_OUTPUT_BYTES).pieces
+        text = read_file(path, DEFAULT_MAX_OUTPUT_BYTES)
         ruleset = parse_ruleset(text, tables=EVALUATED_TABLES)
         result = evaluate(rule, [Source(ruleset)])
         return {'status': getattr(result.status, 'name', str(result.status)),

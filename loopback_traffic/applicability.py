@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import FrozenSet, Iterable, Optional, Tuple
 
-from .collect import CollectionError, run_command
+from .runner import CollectionError, run_command
 from .config import Options
 from .requirements import IPV6
 

@@ -6,7 +6,7 @@ from typing import Dict, Optional
 from datadog_checks.base import AgentCheck, ConfigurationError
 
 from .applicability import Applicability, ApplicabilityChecker
-from .collect import unusable_commands
+from .saves import unusable_commands
 from .config import InvalidConfiguration, parse_options
 from .config_models import ConfigMixin
 from .pipeline import InstanceState, Outcome, run_rule
@@ -36,6 +36,8 @@ class LoopbackTrafficCheck(AgentCheck, ConfigMixin):
         super().load_configuration_models(package_path or '{}.config_models'.format(__package__))
 
     def _check_commands(self) -> None:
+        for deprecation in self.options.deprecations:
+            self.log.warning('loopback_traffic: %s', deprecation)
         for problem in unusable_commands(self.options):
             self.log.warning('loopback_traffic: %s; the check reports UNKNOWN until it is installed or configured', problem)
 

@@ -9,7 +9,7 @@ import ipaddress
 from typing import Iterable, Optional
 
 from .model import Match, Option, Rule
-from .requirements import Interfaces, IPNetwork, PacketClass
+from .requirements import IPNetwork, Interfaces, PacketClass
 
 
 class Relation(enum.Enum):
@@ -44,11 +44,12 @@ def _parse_network(text: str, family_of: IPNetwork) -> Optional[IPNetwork]:
 
 
 def _address_relation(values: tuple, packets: Optional[IPNetwork], family_of: IPNetwork) -> Relation:
-    """``-s``/``-d`` value(s) against the class's addresses (``packets`` None: any address)."""
-    if len(values) != 1:
+    """``-s``/``-d`` value(s) against the class's addresses (``packets`` None: any address); several
+    values (``-s a,b``, or a set's elements) match when any does."""
+    if not values:
         return SOME
     networks = []
-    for text in values[0].split(','):
+    for text in ','.join(values).split(','):
         network = _parse_network(text, family_of)
         if network is None:
             return SOME  # a host name or a non-contiguous mask: cannot tell
@@ -78,16 +79,29 @@ def _interface_relation(pattern: str, packets: Interfaces) -> Relation:
     return NONE if prefix == packets.name else SOME
 
 
+def _any_interface_relation(patterns: Iterable[str], packets: Interfaces) -> Relation:
+    """Several interface patterns (a set of names): the rule matches when any does."""
+    relations = [_interface_relation(pattern, packets) for pattern in patterns]
+    if not relations:
+        return SOME
+    if ALL in relations:
+        return ALL
+    return NONE if all(relation is NONE for relation in relations) else SOME
+
+
 def _option_relation(option: Option, packets: PacketClass) -> Relation:
     name, values = option.name, option.values
     if name == '-s':
         relation = _address_relation(values, packets.source, packets.source)
     elif name == '-d':
         relation = _address_relation(values, packets.destination, packets.source)
-    elif name == '-i' and len(values) == 1:
-        relation = _interface_relation(values[0], packets.in_interface)
-    elif name == '-o' and len(values) == 1:
-        relation = _interface_relation(values[0], packets.out_interface)
+    elif name == '-i':
+        relation = _any_interface_relation(values, packets.in_interface)
+    elif name == '-o':
+        relation = _any_interface_relation(values, packets.out_interface)
+    elif name == '--nfproto' and len(values) == 1:
+        # The packet's family (inet tables): the class's addresses tell it.
+        relation = ALL if values[0] == 'ipv{}'.format(packets.source.version) else NONE
     elif name == '-p' and len(values) == 1:
         relation = ALL if values[0].lower() in _ANY_PROTOCOL else SOME
     else:

@@ -11,7 +11,9 @@ LEGACY = 'legacy'
 NFT = 'nft'
 APPLICABILITY = ('auto', 'always')
 PARTIAL = ('warning', 'critical', 'ok')
-COLLECTION = ('auto', 'save', 'listing')
+COLLECTION = ('auto', 'save')
+# Options of mechanisms the netlink reader replaced: still accepted, with a warning in the log.
+DEPRECATED_COLLECTION = 'listing'
 
 DEFAULT_SAVE_COMMANDS: Mapping[Tuple[str, str], Tuple[str, ...]] = {
     (IPV4, NFT): ('iptables-save',),
@@ -27,7 +29,6 @@ SAVE_COMMAND_OPTIONS: Mapping[Tuple[str, str], str] = {
 }
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_OUTPUT_BYTES = 100 * 1024 * 1024
-DEFAULT_TABLE_LISTING_INTERVAL = 600.0
 
 
 class InvalidConfiguration(ValueError):
@@ -46,12 +47,14 @@ class Options:
     mode: str = 'effective'
     partial: str = 'warning'
     collection: str = 'auto'
-    table_listing_interval: float = DEFAULT_TABLE_LISTING_INTERVAL
     proc_path: str = '/proc'
+    network_namespace: Optional[str] = None  # judge this namespace (e.g. /host/proc/1/ns/net), not the Agent's
     dpkg_status_file: str = '/var/lib/dpkg/status'
     rpm_command: Tuple[str, ...] = ('rpm',)
     rpm_database_path: str = '/var/lib/rpm'
     tags: Tuple[str, ...] = ()
+    # What the configuration asks for that the check no longer does, one sentence each, for the log.
+    deprecations: Tuple[str, ...] = ()
 
 
 def _choice(instance: Mapping[str, Any], name: str, allowed: Tuple[str, ...], default: str) -> str:
@@ -85,6 +88,10 @@ def _path(instance: Mapping[str, Any], name: str, default: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidConfiguration('`{}` must be a path, not {!r}'.format(name, value))
     return value
+
+
+def _optional_path(instance: Mapping[str, Any], name: str) -> Optional[str]:
+    return _path(instance, name, '') or None
 
 
 def _boolean(instance: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -145,6 +152,35 @@ def _tags(instance: Mapping[str, Any]) -> Tuple[str, ...]:
     return tuple(value)
 
 
+def _save_commands(instance: Mapping[str, Any]) -> Dict[Tuple[str, str], Tuple[str, ...]]:
+    """The save commands; a legacy one not configured goes through the same wrapper as its family's
+    configured command (``nsenter ... iptables-save`` -> ``nsenter ... iptables-legacy-save``), and
+    with ``network_namespace`` the commands not configured enter that namespace."""
+    namespace = instance.get('network_namespace')
+    enter: Tuple[str, ...] = ('nsenter', '--net=' + namespace) if isinstance(namespace, str) and namespace else ()
+    commands = {key: _command(instance, name, enter + DEFAULT_SAVE_COMMANDS[key]) for key, name in SAVE_COMMAND_OPTIONS.items()}
+    for family in FAMILIES:
+        main = commands[(family, NFT)]
+        if len(main) > 1 and instance.get(SAVE_COMMAND_OPTIONS[(family, LEGACY)]) is None:
+            commands[(family, LEGACY)] = main[:-1] + DEFAULT_SAVE_COMMANDS[(family, LEGACY)]
+    return commands
+
+
+def _collection(instance: Mapping[str, Any]) -> str:
+    if instance.get('collection') == DEPRECATED_COLLECTION:
+        return 'auto'
+    return _choice(instance, 'collection', COLLECTION, 'auto')
+
+
+def _deprecations(instance: Mapping[str, Any]) -> Tuple[str, ...]:
+    found = []
+    if instance.get('collection') == DEPRECATED_COLLECTION:
+        found.append('`collection: listing` is deprecated and read as `auto`: the kernel\'s nf_tables ruleset is read over netlink')
+    if instance.get('table_listing_interval') is not None:
+        found.append('`table_listing_interval` is deprecated and ignored: nothing is listed table by table any more')
+    return tuple(found)
+
+
 def parse_options(instance: Optional[Mapping[str, Any]]) -> Options:
     """Validate an instance (a conf.yaml ``instances`` entry). Raises :class:`InvalidConfiguration`."""
     if instance is None:
@@ -154,7 +190,7 @@ def parse_options(instance: Optional[Mapping[str, Any]]) -> Options:
     max_output = _positive_number(instance, 'max_output_bytes', DEFAULT_MAX_OUTPUT_BYTES)
     return Options(
         families=_families(instance),
-        save_commands={key: _command(instance, name, DEFAULT_SAVE_COMMANDS[key]) for key, name in SAVE_COMMAND_OPTIONS.items()},
+        save_commands=_save_commands(instance),
         use_sudo=_boolean(instance, 'use_sudo', False),
         timeout=_positive_number(instance, 'timeout', DEFAULT_TIMEOUT),
         max_output_bytes=int(max_output),
@@ -162,11 +198,12 @@ def parse_options(instance: Optional[Mapping[str, Any]]) -> Options:
         applicability=_choice(instance, 'applicability', APPLICABILITY, 'auto'),
         mode=_choice(instance, 'mode', MODES, 'effective'),
         partial=_choice(instance, 'partial', PARTIAL, 'warning'),
-        collection=_choice(instance, 'collection', COLLECTION, 'auto'),
-        table_listing_interval=_positive_number(instance, 'table_listing_interval', DEFAULT_TABLE_LISTING_INTERVAL, zero_allowed=True),
+        collection=_collection(instance),
         proc_path=_path(instance, 'proc_path', '/proc'),
+        network_namespace=_optional_path(instance, 'network_namespace'),
         dpkg_status_file=_path(instance, 'dpkg_status_file', '/var/lib/dpkg/status'),
         rpm_command=_command(instance, 'rpm_command', ('rpm',)),
         rpm_database_path=_path(instance, 'rpm_database_path', '/var/lib/rpm'),
         tags=_tags(instance),
+        deprecations=_deprecations(instance),
     )

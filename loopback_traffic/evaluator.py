@@ -12,18 +12,23 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .classify import ALL, NONE, Relation, classify
-from .model import Chain, Rule, Ruleset, Table, INCOMPATIBLE_TABLE
+from .model import INCOMPATIBLE_TABLE, JUMP, STATEMENT, Chain, RawRule, Rule, Ruleset, Table
 from .parser import ParseError
 from .requirements import (
     ACCEPT,
     DENY,
+    EGRESS,
+    HOOK_ORDER,
+    INGRESS,
     INPUT_ACCEPT_LO,
     INPUT_DROP_LOOPBACK_SOURCE,
+    IPV4,
     LOOPBACK_INTERFACE,
+    NAT_DENIES_NEW_ONLY,
+    NAT_NOT_CONSULTED,
     QUEUE,
     REQUIREMENTS,
     ComplianceRule,
-    Hook,
     PacketClass,
     Requirement,
 )
@@ -33,7 +38,18 @@ EFFECTIVE = 'effective'
 LITERAL = 'literal'
 MODES = (EFFECTIVE, LITERAL)
 
-_VERDICT_TARGETS = {'ACCEPT': ACCEPT, 'DROP': DENY, 'REJECT': DENY, 'QUEUE': QUEUE, 'NFQUEUE': QUEUE}
+# NAT targets end the walk of a nat chain without denying: for the packet they are an accept there.
+_VERDICT_TARGETS = {
+    'ACCEPT': ACCEPT,
+    'DROP': DENY,
+    'REJECT': DENY,
+    'QUEUE': QUEUE,
+    'NFQUEUE': QUEUE,
+    'DNAT': ACCEPT,
+    'SNAT': ACCEPT,
+    'MASQUERADE': ACCEPT,
+    'REDIRECT': ACCEPT,
+}
 # Targets that end or leave the walk and are never chains.
 _WALK_TARGETS = frozenset(_VERDICT_TARGETS) | {'RETURN'}
 # Targets of iptables extensions: user chains only where a chain of that name is declared.
@@ -49,7 +65,8 @@ _VERDICT_WORDS = {ACCEPT: 'accepted', DENY: 'dropped', QUEUE: 'queued to user sp
 
 @dataclass(frozen=True)
 class Source:
-    """A ruleset to evaluate, with the label messages use for it and the command that changes it."""
+    """A ruleset to evaluate, with the label messages use for it and the command that changes it
+    (for its iptables tables; native nftables tables are changed with nft)."""
 
     ruleset: Ruleset
     command: str = 'iptables'
@@ -61,6 +78,26 @@ class Unevaluable(Exception):
 
 
 # --- effective mode: summarising a chain -------------------------------------------------------------
+
+# The match module the netlink front-end gives conditions it can describe but not judge.
+UNDECODED_CONDITIONS = 'nft'
+
+
+def table_name(table: Table) -> str:
+    """How messages name a table: ``filter`` for iptables' tables, ``inet hostfw`` for native ones."""
+    return '{} {}'.format(table.family, table.name) if table.native else table.name
+
+
+def _could_take_the_whole_class(rule: Rule, packets: PacketClass) -> bool:
+    """A rule with a part the front-end could not decode: whether that part alone decides if it
+    takes every packet of the class (the rest matches all of it). Otherwise the rule takes part of
+    the class at most, whatever that part does, and is judged as such."""
+    known = [match for match in rule.matches if match.module != UNDECODED_CONDITIONS]
+    return classify(Rule(rule.chain, tuple(known), rule.target), packets) is ALL
+
+
+def _handle_words(rule: Rule) -> str:
+    return ' handle {}'.format(rule.handle) if rule.handle else ''
 
 # Deviations are collected in a shared tree (node = (deviation or None, left, right)) so that combining
 # the summaries of two rules costs O(1); the tree is flattened once per chain on the path.
@@ -154,17 +191,29 @@ class _ChainWalker:
         self.packets = packets
         self.required = required
         self.label = label
+        self.table_name = table_name(table)
         self.summaries: Dict[str, _Summary] = {}
         self.relations = relations
+        self._checked: Set[str] = set()
 
     def relations_of(self, chain: Chain) -> Tuple[Relation, ...]:
-        return self.relations.of(chain, self.packets)
+        relations = self.relations.of(chain, self.packets)
+        if chain.name not in self._checked:
+            self._checked.add(chain.name)
+            for rule, relation in zip(chain.rules, relations):
+                if rule.undecoded and relation is not NONE and _could_take_the_whole_class(rule, self.packets):
+                    raise Unevaluable(
+                        '{} {}{}: {} (inspect it with nft -a list chain {} {})'.format(
+                            self.table_name, chain.name, _handle_words(rule), rule.undecoded, self.table_name, chain.name
+                        )
+                    )
+        return relations
 
     def position(self, chain: Chain, index: int, rule: Rule) -> Position:
-        return Position(self.table.name, chain.name, index + 1, rule.text, self.label, rule.line)
+        return Position(self.table_name, chain.name, index + 1, rule.text, self.label, rule.line, rule.handle)
 
     def policy_position(self, chain: Chain) -> Position:
-        return Position(self.table.name, chain.name, None, 'policy ' + str(chain.policy), self.label, chain.line)
+        return Position(self.table_name, chain.name, None, 'policy ' + str(chain.policy), self.label, chain.line)
 
     def deviation(self, verdict: Optional[str], where: Optional[Position]) -> Optional[Deviation]:
         if verdict is None or verdict == self.required or where is None:
@@ -173,10 +222,12 @@ class _ChainWalker:
 
     def called_chain(self, rule: Rule) -> Optional[Chain]:
         target = rule.target
-        if target is None:
+        if target is None or target.kind == STATEMENT:
             return None
         chain = self.table.chain(target.name)
         if chain is None:
+            if target.kind == JUMP:
+                raise Unevaluable('{}: jumps to the chain {}, which was not read'.format(self._where(rule), target.name))
             if target.goto:
                 raise Unevaluable(
                     '{}: -g {} goes to a chain that is not declared'.format(self._where(rule), target.name)
@@ -187,7 +238,9 @@ class _ChainWalker:
         return chain
 
     def _where(self, rule: Rule) -> str:
-        return '{} {} (line {})'.format(self.table.name, rule.chain, rule.line)
+        if rule.handle:
+            return '{} {}{}'.format(self.table_name, rule.chain, _handle_words(rule))
+        return '{} {} (line {})'.format(self.table_name, rule.chain, rule.line)
 
     def summary(self, root: Chain) -> _Summary:
         """Summarise ``root`` and, first, every chain it can send the class to (iterative DFS)."""
@@ -300,13 +353,88 @@ class _ChainWalker:
 
 
 @dataclass(frozen=True)
-class _HookResult:
-    hook: Hook
+class _PathChain:
+    """A base chain that packets of a class meet: in which ruleset and table, and, when it sees
+    only part of the class (a nat chain on the input path, an ingress chain of another device),
+    why: its deny can then satisfy a deny requirement only partially."""
+
     source: Source
+    table: Table
+    chain: Chain
+    partial_because: str = ''
+
+    @property
+    def order(self) -> Tuple[int, int]:
+        base = self.chain.base
+        assert base is not None
+        return HOOK_ORDER.index(base.hook), base.priority
+
+
+@dataclass(frozen=True)
+class _HookResult:
+    path: _PathChain
     status: Status
     verdict: str
     deciding: Position
     deviations: Tuple[Deviation, ...]
+
+
+_FAMILY_OF_TABLE = {'ip': IPV4, 'ip6': 'ipv6'}
+
+
+def _takes_part(table: Table, family: str) -> bool:
+    """Whether a table's base chains see packets of ``family`` (text tables are of one family)."""
+    if table.dormant:
+        return False
+    return _FAMILY_OF_TABLE.get(table.family, family) == family
+
+
+def _device_scope(chain: Chain, packets: PacketClass) -> Optional[str]:
+    """For an ingress/egress chain: None when the class's packets never meet it, '' when all of
+    them do, else why only part of them do."""
+    base = chain.base
+    assert base is not None
+    side = packets.in_interface if base.hook == INGRESS else packets.out_interface
+    devices = base.devices
+    if not side.all_but:
+        return '' if side.name in devices else None
+    others = [device for device in devices if device != side.name]
+    if not others:
+        return None
+    return 'it sees only the packets arriving on {}'.format(', '.join(others))
+
+
+def _path_chain(source: Source, table: Table, chain: Chain, requirement: Requirement, packets: PacketClass) -> Optional[_PathChain]:
+    base = chain.base
+    if base is None or chain.policy is None or base.hook not in requirement.hooks:
+        return None
+    partial_because = ''
+    if base.type == 'nat':
+        if requirement.nat == NAT_NOT_CONSULTED:
+            return None
+        if requirement.nat == NAT_DENIES_NEW_ONLY:
+            partial_because = 'nat chains see only the first packet of a connection; packets of established connections pass'
+    if base.hook in (INGRESS, EGRESS):
+        scope = _device_scope(chain, packets)
+        if scope is None:
+            return None
+        partial_because = partial_because or scope
+    return _PathChain(source, table, chain, partial_because)
+
+
+def _path(requirement: Requirement, family: str, packets: PacketClass, sources: Sequence[Source]) -> List[_PathChain]:
+    """Every base chain of every ruleset on the requirement's hooks, in the order packets meet them."""
+    found = []
+    for source in sources:
+        for table in source.ruleset.tables.values():
+            if not _takes_part(table, family):
+                continue
+            for chain in table.chains.values():
+                on_path = _path_chain(source, table, chain, requirement, packets)
+                if on_path is not None:
+                    found.append(on_path)
+    found.sort(key=lambda path: path.order)
+    return found
 
 
 def _status_of(verdict: str, required: str, deviations: Sequence[Deviation]) -> Status:
@@ -315,23 +443,27 @@ def _status_of(verdict: str, required: str, deviations: Sequence[Deviation]) -> 
     return Status.PARTIAL if deviations else Status.PASS
 
 
-def _walk_hook(
-    source: Source, hook: Hook, packets: PacketClass, required: str, walkers: Dict, relations: Relations
-) -> _HookResult:
-    table = source.ruleset.table(hook.table)
-    chain = table.chain(hook.chain) if table is not None else None
-    if table is None or chain is None:
-        absent = 'table' if table is None else 'chain'
-        deciding = Position(hook.table, hook.chain, None, '(no such {} loaded: accepts everything)'.format(absent), source.label)
-        return _HookResult(hook, source, _status_of(ACCEPT, required, ()), ACCEPT, deciding, ())
-    key = (id(source), hook.table)
+def _walk_chain(path: _PathChain, packets: PacketClass, required: str, walkers: Dict, relations: Relations) -> _HookResult:
+    key = (id(path.source), id(path.table))
     walker = walkers.get(key)
     if walker is None:
-        walker = walkers[key] = _ChainWalker(table, packets, required, source.label, relations)
-    summary = walker.summary(chain)
+        walker = walkers[key] = _ChainWalker(path.table, packets, required, path.source.label, relations)
+    summary = walker.summary(path.chain)
     assert summary.verdict is not None and summary.decided_by is not None  # built-in chains always decide
     deviations = _flatten(summary.devs)
-    return _HookResult(hook, source, _status_of(summary.verdict, required, deviations), summary.verdict, summary.decided_by, deviations)
+    status = _status_of(summary.verdict, required, deviations)
+    if path.partial_because and status is Status.PASS and required == DENY:
+        where = Position(walker.table_name, path.chain.name, None, '({})'.format(path.partial_because), path.source.label)
+        deviations = (Deviation(where, ACCEPT),)
+        status = Status.PARTIAL
+    return _HookResult(path, status, summary.verdict, summary.decided_by, deviations)
+
+
+def _nothing_on_the_path(requirement: Requirement, required: str) -> _HookResult:
+    table = Table('filter', {})
+    chain = Chain(requirement.literal_chain, 'ACCEPT', (), lambda raw: raw)
+    deciding = Position('filter', requirement.literal_chain, None, '(no such chain loaded: accepts everything)')
+    return _HookResult(_PathChain(Source(Ruleset({})), table, chain), _status_of(ACCEPT, required, ()), ACCEPT, deciding, ())
 
 
 def _check_incompatible(sources: Sequence[Source]) -> None:
@@ -348,11 +480,24 @@ def _table_flag(table: str) -> str:
     return '' if table == 'filter' else '-t {} '.format(table)
 
 
-def _accept_fix(requirement: Requirement, hook_result: _HookResult) -> str:
-    hook = hook_result.hook
-    side = '-i' if requirement.literal_chain == 'INPUT' else '-o'
-    return '{} {}-I {} 1 {} {} -j ACCEPT'.format(
-        hook_result.source.command, _table_flag(hook.table), hook.chain, side, LOOPBACK_INTERFACE
+def _nft_family_words(table: Table) -> str:
+    return '{} {}'.format(table.family, table.name)
+
+
+def _accept_fix(requirement: Requirement, result: _HookResult) -> str:
+    path = result.path
+    side = 'iif' if requirement.literal_chain == 'INPUT' else 'oif'
+    if path.table.native:
+        return 'nft insert rule {} {} {} {} accept'.format(_nft_family_words(path.table), path.chain.name, side, LOOPBACK_INTERFACE)
+    return '{} {}-I {} 1 -{} {} -j ACCEPT'.format(
+        path.source.command, _table_flag(path.table.name), path.chain.name, side[0], LOOPBACK_INTERFACE
+    )
+
+
+def _native_drop_fix(rule: ComplianceRule, path: _PathChain) -> str:
+    address = 'ip saddr' if rule.family == IPV4 else 'ip6 saddr'
+    return 'nft insert rule {} {} iif != {} {} {} drop'.format(
+        _nft_family_words(path.table), path.chain.name, LOOPBACK_INTERFACE, address, rule.loopback_text
     )
 
 
@@ -378,6 +523,18 @@ def _drop_fix(rule: ComplianceRule, source: Source, filter_input: Optional[Chain
     return '{} -I INPUT 1 -s {} ! -i {} -j DROP'.format(source.command, rule.loopback_text, LOOPBACK_INTERFACE)
 
 
+def _deny_fix(rule: ComplianceRule, results: Sequence[_HookResult], sources: Sequence[Source]) -> str:
+    """In iptables' filter INPUT where iptables' tables are in use (or nothing else is), else in the
+    first native input chain of type filter."""
+    iptables = [r.path for r in results if not r.path.table.native and r.path.chain.base is not None]
+    natives = [r.path for r in results if r.path.table.native and r.path.chain.base is not None and r.path.chain.base.type == 'filter']
+    if natives and not iptables:
+        inputs = [path for path in natives if path.chain.base is not None and path.chain.base.hook == 'input']
+        return _native_drop_fix(rule, (inputs or natives)[0])
+    main = next((path.source for path in iptables if path.table.name == 'filter'), sources[0])
+    return _drop_fix(rule, main, main.ruleset.chain('filter', 'INPUT'))
+
+
 def _describe(result: _HookResult) -> str:
     return '{} by {}'.format(_VERDICT_WORDS.get(result.verdict, result.verdict), result.deciding.describe())
 
@@ -393,14 +550,16 @@ def _explain(status: Status, decisive: _HookResult, deviations: Sequence[Deviati
     return text
 
 
+def _main_filter(results: Sequence[_HookResult]) -> _HookResult:
+    """The result shown when no chain stands out: iptables' filter chain, else the first."""
+    return next((r for r in results if r.path.table.name == 'filter' and not r.path.table.native), results[0])
+
+
 def _combine_accept(requirement: Requirement, results: Sequence[_HookResult]) -> RequirementResult:
     status = max(result.status for result in results)
-    decisive = next(
-        (r for r in results if r.status is status and status is Status.FAIL),
-        next((r for r in results if r.hook.table == 'filter'), results[0]),
-    )
+    decisive = next((r for r in results if r.status is status and status is Status.FAIL), _main_filter(results))
     deviations = tuple(d for result in results for d in result.deviations)
-    fixes = tuple(_accept_fix(requirement, r) for r in results if r.status is not Status.PASS)
+    fixes = tuple(dict.fromkeys(_accept_fix(requirement, r) for r in results if r.status is not Status.PASS))
     return _requirement_result(requirement, status, decisive, deviations, fixes)
 
 
@@ -414,14 +573,13 @@ def _requirement_result(
 def _combine_deny(rule: ComplianceRule, requirement: Requirement, results: Sequence[_HookResult], sources: Sequence[Source]) -> RequirementResult:
     status = min(result.status for result in results)
     if status is Status.FAIL:
-        decisive = next((r for r in results if r.hook.table == 'filter'), results[0])
+        decisive = _main_filter(results)
     else:
         decisive = next(r for r in results if r.status is status)
     deviations = decisive.deviations if status is Status.PARTIAL else ()
     fixes: Tuple[str, ...] = ()
     if status is not Status.PASS:
-        main = sources[0]
-        fixes = (_drop_fix(rule, main, main.ruleset.chain('filter', 'INPUT')),)
+        fixes = (_deny_fix(rule, results, sources),)
     return _requirement_result(requirement, status, decisive, deviations, fixes)
 
 
@@ -431,10 +589,9 @@ def _evaluate_requirement_effective(
     packets = requirement.packet_class(rule.loopback)
     walkers: Dict = {}
     results = [
-        _walk_hook(source, hook, packets, requirement.required, walkers, relations)
-        for source in sources
-        for hook in requirement.path
-    ]
+        _walk_chain(path, packets, requirement.required, walkers, relations)
+        for path in _path(requirement, rule.family, packets, sources)
+    ] or [_nothing_on_the_path(requirement, requirement.required)]
     if requirement.required == DENY:
         return _combine_deny(rule, requirement, results, sources)
     return _combine_accept(requirement, results)
@@ -538,11 +695,9 @@ def reach(rule: ComplianceRule, ruleset: Ruleset, relations: Optional[Relations]
     for requirement in REQUIREMENTS:
         packets = requirement.packet_class(rule.loopback)
         seen: Set[Tuple[str, str]] = set()  # by this class
-        for hook in requirement.path:
-            table = ruleset.table(hook.table)
-            if table is None or table.chain(hook.chain) is None:
-                continue
-            stack = [hook.chain]
+        for path in _path(requirement, rule.family, packets, [Source(ruleset)]):
+            table = path.table
+            stack = [path.chain.name]
             while stack:
                 name = stack.pop()
                 if (table.name, name) in seen:
@@ -554,7 +709,7 @@ def reach(rule: ComplianceRule, ruleset: Ruleset, relations: Optional[Relations]
                     continue  # nothing to follow: its rules need not even be parsed
                 for rule_, relation in zip(chain.rules, relations.of(chain, packets)):
                     target = rule_.target
-                    if relation is NONE or target is None or target.name in _WALK_TARGETS:
+                    if relation is NONE or target is None or target.name in _WALK_TARGETS or target.kind == STATEMENT:
                         continue
                     callee = table.chain(target.name)
                     if callee is None:
@@ -569,6 +724,8 @@ def _may_enter_a_chain(chain: Chain, table: Table) -> bool:
     them (a Kubernetes node's 9,000 REJECT rules of a service chain cannot); a target spelt oddly, or
     the words ``-j NAME`` in a comment, count as one that may."""
     for raw in chain.raw_rules:
+        if not isinstance(raw, RawRule):
+            return True  # not text: the front-end's rules are read as they are
         for name in _TARGET_WORDS.findall(raw.text):
             if name not in _WALK_TARGETS and (name in table.chains or name not in EXTENSION_TARGETS):
                 return True

@@ -134,6 +134,7 @@ class Chain:
     counters: Optional[Counters]
     line: int
     raw_rules: Tuple[Any, ...]
+    _parse_rule: Callable[[Any], Union[Rule, Tuple[Rule, ...]]]
 
     def __init__(
         self,

@@ -30,8 +30,9 @@ from .model import (
 )
 
 ALL_TABLES = frozenset(BUILTIN_CHAINS)
-# The tables whose chains can decide the fate of a packet on the loopback paths (nat cannot drop).
-EVALUATED_TABLES = frozenset({'raw', 'mangle', 'filter', 'security'})
+# The tables whose chains can decide the fate of a packet on the loopback paths: all of them (a nat
+# chain denies new connections, spec section 2).
+EVALUATED_TABLES = ALL_TABLES
 
 _MAX_REPORTED_TEXT = 200
 

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .applicability import Applicability, ApplicabilityChecker, ApplicabilityError
-from .collect import Collected, CollectionError, ListingHistory, collect, iptables_command
-from .config import LEGACY, Options
+from .collect import KERNEL, Collected, CollectionError, KernelCache, collect
+from .config import LEGACY, NFT, Options
 from .evaluator import Source, evaluate
 from .model import Ruleset
-from .parser import EVALUATED_TABLES, ParseError, merge_rulesets, parse_ruleset
-from .requirements import ComplianceRule, rule_for_family
+from .nf_tables import KernelRuleset
+from .nft_decode import decode_tables
+from .parser import EVALUATED_TABLES, ParseError, parse_ruleset
+from .requirements import IPV4, ComplianceRule, rule_for_family
+from .saves import iptables_command
 from .results import RuleResult, Status
 
 
@@ -28,13 +31,18 @@ class Outcome:
     origins: Tuple[str, ...] = ()  # where the rulesets came from
 
 
+# The nf_tables families whose tables see each IP family's packets.
+_KERNEL_FAMILIES = {IPV4: ('ip', 'inet', 'netdev'), 'ipv6': ('ip6', 'inet', 'netdev')}
+
+
 @dataclass
 class InstanceState:
-    """What one check instance keeps between runs (never shared with another instance): the cost of
-    listing tables, and per family the last texts evaluated with their result. Evaluation is a pure
-    function of the texts, so identical texts (the common case every 15 s) reuse the result."""
+    """What one check instance keeps between runs (never shared with another instance): the last
+    nf_tables ruleset read (reused while its generation is unchanged), and per family the last
+    rulesets evaluated with their result. Evaluation is a pure function of them, so an unchanged
+    ruleset (the common case every 15 s) reuses the result."""
 
-    listing: ListingHistory = field(default_factory=ListingHistory)
+    kernel: KernelCache = field(default_factory=KernelCache)
     evaluated: Dict[str, Tuple[Tuple[Collected, ...], RuleResult]] = field(default_factory=dict)
 
     def evaluate(self, options: Options, family: str, rule: ComplianceRule, collected: Tuple[Collected, ...]) -> RuleResult:
@@ -47,11 +55,24 @@ class InstanceState:
 
 
 def _evaluate(options: Options, family: str, rule: ComplianceRule, collected: Tuple[Collected, ...]) -> RuleResult:
-    sources = [
-        Source(_parse(piece), iptables_command(family, piece.backend), LEGACY if piece.backend == LEGACY else '')
-        for piece in collected
-    ]
-    return evaluate(rule, sources, options.mode)
+    sources: List[Source] = []
+    for piece in collected:
+        if piece.kernel is not None:
+            sources.extend(_kernel_sources(piece.kernel, family))
+        else:
+            sources.append(Source(_parse(piece), iptables_command(family, piece.backend), LEGACY if piece.backend == LEGACY else ''))
+    return evaluate(rule, sources or [Source(Ruleset({}), iptables_command(family, NFT))], options.mode)
+
+
+def _kernel_sources(kernel: KernelRuleset, family: str) -> List[Source]:
+    """One source per nf_tables family whose tables see the family's packets (names are unique
+    within a family only)."""
+    sources = []
+    for nf_family in _KERNEL_FAMILIES[family]:
+        tables = decode_tables(kernel, nf_family)
+        if tables:
+            sources.append(Source(Ruleset({table.name: table for table in tables}), iptables_command(family, KERNEL)))
+    return sources
 
 
 def _unknown(rule: ComplianceRule, options: Options, error: str) -> RuleResult:
@@ -60,10 +81,7 @@ def _unknown(rule: ComplianceRule, options: Options, error: str) -> RuleResult:
 
 def _parse(collected: Collected) -> Ruleset:
     try:
-        parts = [
-            parse_ruleset(text, tables=EVALUATED_TABLES, listing_table=table or 'filter') for text, table in collected.pieces
-        ]
-        return parts[0] if len(parts) == 1 else merge_rulesets(parts)
+        return parse_ruleset(collected.text, tables=EVALUATED_TABLES)
     except ParseError as error:
         raise CollectionError('unparseable output of {}: {}'.format(collected.origin, error))
 
@@ -87,7 +105,7 @@ def run_rule(
     origins: Tuple[str, ...] = ()
     try:
         state = state if state is not None else InstanceState()
-        collected = tuple(collect(options, family, given, state.listing))
+        collected = tuple(collect(options, family, given, state.kernel))
         origins = tuple(piece.origin for piece in collected)
         result = state.evaluate(options, family, rule, collected)
     except CollectionError as error:

@@ -42,35 +42,30 @@ class PacketClass:
     out_interface: Interfaces
 
 
-@dataclass(frozen=True)
-class Hook:
-    table: str
-    chain: str
+# The hooks of the packet path (nft's names).
+PREROUTING = 'prerouting'
+INPUT = 'input'
+OUTPUT = 'output'
+POSTROUTING = 'postrouting'
+INGRESS = 'ingress'  # netdev (and inet) chains attached to devices, before prerouting
+EGRESS = 'egress'  # netdev chains attached to devices, after postrouting
+HOOK_ORDER = (INGRESS, PREROUTING, INPUT, OUTPUT, POSTROUTING, EGRESS)
 
-
-INPUT_PATH = (
-    Hook('raw', 'PREROUTING'),
-    Hook('mangle', 'PREROUTING'),
-    Hook('mangle', 'INPUT'),
-    Hook('filter', 'INPUT'),
-    Hook('security', 'INPUT'),
-)
-OUTPUT_PATH = (
-    Hook('raw', 'OUTPUT'),
-    Hook('mangle', 'OUTPUT'),
-    Hook('filter', 'OUTPUT'),
-    Hook('security', 'OUTPUT'),
-    Hook('mangle', 'POSTROUTING'),
-)
+# How a requirement's walk treats nat chains (spec section 2, "nat chains"): they see only the first
+# packet of each connection.
+NAT_NOT_CONSULTED = 'not consulted'  # lo input: its connections were set up on the output path
+NAT_DENIES = 'denies'  # output: a deny there denies every new connection
+NAT_DENIES_NEW_ONLY = 'denies new connections only'  # input from elsewhere: established packets pass
 
 
 @dataclass(frozen=True)
 class Requirement:
     name: str
     literal_chain: str  # the built-in chain of table filter where the literal rule goes
-    path: Tuple[Hook, ...]
+    hooks: Tuple[str, ...]  # the hooks of its path, in the order packets meet them
     required: str  # ACCEPT or DENY
     description: str
+    nat: str  # one of NAT_*
 
     def packet_class(self, loopback: IPNetwork) -> PacketClass:
         no_interface = Interfaces('')
@@ -83,17 +78,28 @@ class Requirement:
 
 REQUIREMENTS = (
     Requirement(
-        INPUT_ACCEPT_LO, 'INPUT', INPUT_PATH, ACCEPT, 'traffic arriving on lo from and to the loopback network is accepted'
+        INPUT_ACCEPT_LO,
+        'INPUT',
+        (INGRESS, PREROUTING, INPUT),
+        ACCEPT,
+        'traffic arriving on lo from and to the loopback network is accepted',
+        NAT_NOT_CONSULTED,
     ),
     Requirement(
-        OUTPUT_ACCEPT_LO, 'OUTPUT', OUTPUT_PATH, ACCEPT, 'traffic leaving through lo within the loopback network is accepted'
+        OUTPUT_ACCEPT_LO,
+        'OUTPUT',
+        (OUTPUT, POSTROUTING, EGRESS),
+        ACCEPT,
+        'traffic leaving through lo within the loopback network is accepted',
+        NAT_DENIES,
     ),
     Requirement(
         INPUT_DROP_LOOPBACK_SOURCE,
         'INPUT',
-        INPUT_PATH,
+        (INGRESS, PREROUTING, INPUT),
         DENY,
         'traffic with a loopback source arriving on any interface other than lo is dropped',
+        NAT_DENIES_NEW_ONLY,
     ),
 )
 

@@ -30,6 +30,7 @@ class Position:
     text: str
     ruleset: str = ''  # which ruleset, when several are evaluated ('legacy'); '' for the main one
     line: int = field(default=0, compare=False)  # where in the collected text; not part of the position
+    handle: int = field(default=0, compare=False)  # the nf_tables rule handle, where the kernel was read
 
     @property
     def is_policy(self) -> bool:
@@ -41,7 +42,8 @@ class Position:
             where = '{} ({} ruleset)'.format(where, self.ruleset)
         if self.index is None:
             return '{} {}'.format(where, self.text)
-        return '{} rule {}: {}'.format(where, self.index, self.text)
+        handle = ' (handle {})'.format(self.handle) if self.handle else ''
+        return '{} rule {}{}: {}'.format(where, self.index, handle, self.text)
 
 
 @dataclass(frozen=True)

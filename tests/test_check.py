@@ -155,7 +155,7 @@ def test_a_lasting_problem_is_logged_once_and_recovery_is_automatic(aggregator, 
 def test_configured_commands_are_checked_at_start(aggregator, dd_run_check, caplog, tmp_path):
     not_executable = tmp_path / 'ip6tables-save'
     not_executable.write_text('#!/bin/sh\n')
-    check = make_check(iptables_save_command=['/nonexistent/iptables-save'], ip6tables_save_command=[str(not_executable)])
+    check = make_check(iptables_save_command=['/nonexistent/iptables-save'], ip6tables_save_command=[str(not_executable)], collection='save')
     caplog.set_level(logging.INFO)
     for _ in range(2):
         dd_run_check(check)
@@ -188,7 +188,7 @@ def test_commands_that_exist_give_no_warning_at_start(dd_run_check, caplog, save
         ({'use_sudo': 'yes'}, '`use_sudo` must be true or false'),
         ({'ruleset_files': {'ipv5': '/x'}}, '`ruleset_files` keys must be ipv4 or ipv6'),
         ({'tags': 'team:net'}, '`tags` must be a list of strings'),
-        ({'table_listing_interval': -1}, '`table_listing_interval` must be a number of seconds, 0 or more'),
+        ({'collection': 'listings'}, '`collection` must be one of auto, save'),
     ],
 )
 def test_configuration_errors_say_what_is_wrong(options, complaint):

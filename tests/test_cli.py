@@ -490,7 +490,7 @@ def test_live_namespace_through_the_console_script(write, netns):
 
 
 def test_missing_save_binary_is_unknown(capsys, write):
-    path = write_config(write, {'applicability': 'always', 'families': ['ipv4'], 'iptables_save_command': ['/nonexistent/iptables-save']})
+    path = write_config(write, {'applicability': 'always', 'collection': 'save', 'families': ['ipv4'], 'iptables_save_command': ['/nonexistent/iptables-save']})
     code, out, err = run(['--config', path], capsys)
     assert code == 3
     block = report_lines(out, V4_HEADER)
@@ -501,7 +501,7 @@ def test_missing_save_binary_is_unknown(capsys, write):
 
 
 def test_missing_save_binary_in_a_real_process(write):
-    path = write_config(write, {'applicability': 'always', 'iptables_save_command': ['/nonexistent/iptables-save'], 'ip6tables_save_command': ['/nonexistent/ip6tables-save']})
+    path = write_config(write, {'applicability': 'always', 'collection': 'save', 'iptables_save_command': ['/nonexistent/iptables-save'], 'ip6tables_save_command': ['/nonexistent/ip6tables-save']})
     done = run_process(['--config', path, '--json'])
     assert done.returncode == 3
     rules = json.loads(done.stdout)['rules']
@@ -579,7 +579,7 @@ def nobody():
         os.rmdir(staging)
 
 
-def test_without_root_the_real_save_tools_are_refused(nobody):
+def test_without_root_the_kernel_refuses_to_show_its_ruleset(nobody):
     done = nobody(['-m', 'datadog_checks.loopback_traffic', '--applicability', 'always'])
     output = done.stdout + done.stderr
     assert done.returncode == 3, output
@@ -588,7 +588,7 @@ def test_without_root_the_real_save_tools_are_refused(nobody):
         block = report_lines(done.stdout, header)
         assert block[0] == header + ': UNKNOWN'
         [reason] = [line for line in block if line.startswith('  could not evaluate: ')]
-        assert 'Permission denied' in reason and 'you must be root' in reason
+        assert 'reading nf_tables over netlink was refused' in reason and 'CAP_NET_ADMIN' in reason
         assert 'use_sudo' in reason  # what to do about it
     hint = done.stdout.splitlines()[-1]
     assert hint.startswith('hint: ') and 'root' in hint and '--example compliant' in hint

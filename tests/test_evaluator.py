@@ -127,9 +127,34 @@ def test_a_deny_in_any_chain_of_the_output_path_is_final(table_name, chain):
     assert result.requirement(INPUT_ACCEPT_LO).status is PASS
 
 
-def test_nat_is_not_on_the_path():
+def test_a_deny_in_nat_output_denies_new_connections_over_lo():
+    """Spec section 2, nat chains: on the output path a nat deny counts like any other; nat's
+    PREROUTING and INPUT are never consulted for traffic arriving on lo."""
     result = evaluate_text(CIS_V4 + table('nat', ['-A PREROUTING -i lo -j DROP', '-A OUTPUT -o lo -j DROP']))
-    assert result.status is PASS
+    assert statuses(result) == {INPUT_ACCEPT_LO: PASS, OUTPUT_ACCEPT_LO: FAIL, INPUT_DROP_LOOPBACK_SOURCE: PASS}
+    output = result.requirement(OUTPUT_ACCEPT_LO)
+    assert (output.deciding.table, output.deciding.chain, output.deciding.index) == ('nat', 'OUTPUT', 1)
+    assert output.remediation == ('iptables -t nat -I OUTPUT 1 -o lo -j ACCEPT',)
+
+
+def test_a_nat_policy_drop_fails_the_output_requirement():
+    result = evaluate_text(CIS_V4 + '*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT DROP [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n')
+    output = result.requirement(OUTPUT_ACCEPT_LO)
+    assert output.status is FAIL
+    assert (output.deciding.table, output.deciding.chain, output.deciding.text) == ('nat', 'OUTPUT', 'policy DROP')
+
+
+def test_a_nat_target_ends_the_nat_chain_without_denying():
+    result = evaluate_text(CIS_V4 + table('nat', ['-A OUTPUT -j DNAT --to-destination 127.0.0.2', '-A OUTPUT -j DROP']))
+    assert result.requirement(OUTPUT_ACCEPT_LO).status is PASS
+
+
+def test_a_deny_in_nat_satisfies_the_drop_requirement_only_partially():
+    text = filter_table('-A INPUT -i lo -j ACCEPT', '-A OUTPUT -o lo -j ACCEPT') + table('nat', ['-A PREROUTING -s 127.0.0.0/8 -j DROP'])
+    drop = evaluate_text(text).requirement(INPUT_DROP_LOOPBACK_SOURCE)
+    assert drop.status is PARTIAL
+    assert (drop.deciding.table, drop.deciding.chain, drop.deciding.index) == ('nat', 'PREROUTING', 1)
+    assert 'established connections' in drop.explanation
 
 
 def test_absent_tables_and_chains_accept():
@@ -370,13 +395,13 @@ def test_ipv6_rule():
 
 
 def test_rules_on_path_counts_path_chains_and_the_user_chains_packets_reach():
-    # OUTPUT's jump to B matches no packet leaving through lo; FORWARD and nat are not on a path.
+    # OUTPUT's jump to B matches no packet leaving through lo; FORWARD is on no path; nat OUTPUT is.
     text = filter_table(
         '-A INPUT -j A', '-A OUTPUT -o eth0 -j B', '-A FORWARD -j C', '-A A -j D', '-A A -j ACCEPT', '-A B -j RETURN',
         '-A C -j DROP', '-A D -j RETURN', chains=['A', 'B', 'C', 'D'],
     )
     nat = table('nat', ['-A OUTPUT -j DNAT --to-destination 10.0.0.1'])
-    assert evaluate_text(text + nat).rules_on_path == 5  # INPUT 1 + OUTPUT 1 + A 2 + D 1
+    assert evaluate_text(text + nat).rules_on_path == 6  # INPUT 1 + OUTPUT 1 + A 2 + D 1 + nat OUTPUT 1
     assert evaluate_text(text.replace('-A OUTPUT -o eth0 -j B', '-A OUTPUT -o lo+ -j B')).rules_on_path == 6
 
 
