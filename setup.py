@@ -30,12 +30,26 @@ setup(
     long_description=LONG_DESCRIPTION,
     long_description_content_type='text/markdown',
     license='BSD-3-Clause',
-    python_requires='>=3.9',
+    # @dataclass(slots=True) needs 3.10. The Agents this check runs on (7.78.0 and later) embed Python 3.13.
+    python_requires='>=3.10',
     packages=[PACKAGE] + SUBPACKAGES,
     package_dir={PACKAGE: 'loopback_traffic'},
     package_data={PACKAGE: ['data/*.example', 'data/examples/*']},
     include_package_data=False,
-    install_requires=['datadog-checks-base[deps]>=38.5', 'pyyaml'],
+    # What the check imports, declared as integrations-extras checks do: the Agent already ships every one
+    # of these (the Agent's `integration install` adds nothing: it installs with --no-deps), so outside the
+    # Agent `pip install` brings only these, not the ~40 packages of datadog-checks-base[deps].
+    # datadog-checks-base 37.33.0 is the first with the trusted-provider validation the generated config
+    # models call (validation.security); Agent 7.78.0 is the first Agent that ships it. CI runs the tests
+    # against this lowest version too. lazy-loader: datadog_checks.base imports it first thing.
+    # pyyaml: the CLI's --config.
+    install_requires=[
+        'datadog-checks-base>=37.33.0',
+        'lazy-loader',
+        'pydantic>=2',
+        'pyyaml',
+        'typing-extensions',
+    ],
     extras_require={
         'dev': [
             'pytest',
