@@ -12,12 +12,12 @@ what happened and how to fix it.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
-from typing import BinaryIO, Dict, Iterable, List, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from .config import LEGACY, NFT, Options
 from .netlink import NetlinkError, NetlinkReader, RulesetKeptChanging, read_consistent
-from .nf_tables import KernelRule, KernelRuleset, KernelSet, KernelTable
+from .nf_tables import KernelChain, KernelRule, KernelRuleset, KernelSet, KernelTable
 from .namespaces import in_network_namespace
 from .runner import CollectionError, command_line
 from .saves import legacy_tables_present, read_file, read_stream as read_saved_stream, run_save, save_command, tool_kind, uses_netlink
@@ -37,6 +37,13 @@ class Collected:
     text: str = ''
     kernel: Optional[KernelRuleset] = None
 
+    @property
+    def identity(self) -> tuple:
+        """Equal for the same ruleset: the same text, or the same nf_tables generation."""
+        if self.kernel is not None:
+            return (self.backend, self.origin, self.kernel.generation)
+        return (self.backend, self.origin, self.text)
+
 
 def collected_text(text: str, origin: str) -> Collected:
     return Collected(NFT, origin, text)
@@ -46,53 +53,78 @@ def read_stream(stream: BinaryIO, origin: str, max_output_bytes: Optional[int] =
     return collected_text(read_saved_stream(stream, origin, max_output_bytes), origin)
 
 
+# Which chains of a partly read nf_tables ruleset the evaluation still needs: (family, table, chain).
+Needs = Callable[[KernelRuleset], Set[Tuple[str, str, str]]]
+ChainKey = Tuple[str, str, str]
+
+
 class KernelCache:
-    """The last nf_tables ruleset one check instance read: while the generation id stays the same
-    (the common case every 15 s), it is the ruleset the kernel runs, and nothing more is read."""
+    """The nf_tables ruleset one check instance read, as far as it was read: while the generation id
+    stays the same (the common case every 15 s) it is the ruleset the kernel runs, and nothing more
+    is read for a family it was completed for. The chains the last generation needed are read at
+    once in the next one (a kube-proxy sync rewrites the same chains)."""
 
     def __init__(self) -> None:
         self.ruleset: Optional[KernelRuleset] = None
+        self.complete_for: Set[str] = set()  # the families whose evaluation found nothing missing
+        self.needed: Set[ChainKey] = set()
 
 
-def _read_tables(reader: NetlinkReader) -> KernelRuleset:
-    """Everything the loopback paths can meet, as of one moment (``read_consistent`` checks that)."""
-    tables = [table for table in reader.tables() if table.family in _PACKET_FAMILIES]
-    chains = tuple(chain for chain in reader.chains() if chain.family in _PACKET_FAMILIES)
-    with_base = {(chain.family, chain.table) for chain in chains if chain.is_base and chain.hook != 'forward'}
-    read = [table for table in tables if (table.family, table.name) in with_base and not table.dormant]
-    read_names = {(table.family, table.name) for table in read}
-    rules: Dict[Tuple[str, str, str], List[KernelRule]] = {}
-    for table in read:
-        for rule in reader.rules(table.family, table.name):
-            rules.setdefault((rule.family, rule.table, rule.chain), []).append(rule)
-    for chain in chains:
-        if (chain.family, chain.table) in read_names:
-            rules.setdefault((chain.family, chain.table, chain.name), [])
-    return KernelRuleset(
-        generation=0,
-        tables=tuple(tables),
-        chains=chains,
-        rules={key: tuple(value) for key, value in rules.items()},
-        sets=dict(_read_sets(reader, read)),
-    )
+@dataclass
+class _Reading:
+    """One attempt at reading one generation: what was read so far."""
+
+    tables: Tuple[KernelTable, ...]
+    chains: Tuple[KernelChain, ...]
+    rules: Dict[ChainKey, Tuple[KernelRule, ...]]
+    sets: Dict[Tuple[str, str, str], KernelSet]
+
+    def ruleset(self, generation: int) -> KernelRuleset:
+        return KernelRuleset(generation, self.tables, self.chains, dict(self.rules), dict(self.sets))
 
 
-def _read_sets(reader: NetlinkReader, tables: Iterable[KernelTable]) -> Iterable[Tuple[Tuple[str, str, str], KernelSet]]:
-    for table in tables:
-        for kernel_set in reader.sets(table.family, table.name):
-            elements = tuple(reader.set_elements(table.family, table.name, kernel_set.name))
-            key = (table.family, table.name, kernel_set.name)
-            yield key, KernelSet(
-                kernel_set.family,
-                kernel_set.table,
-                kernel_set.name,
-                kernel_set.flags,
-                kernel_set.key_type,
-                kernel_set.key_length,
-                kernel_set.data_type,
-                kernel_set.data_length,
-                elements,
-            )
+def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> _Reading:
+    """The tables, the chains, the base chains' rules and the sets; or, in the same generation, what
+    the cache holds."""
+    last = cache.ruleset
+    if last is not None and last.generation == generation:
+        return _Reading(last.tables, last.chains, dict(last.rules), dict(last.sets))
+    tables = tuple(table for table in reader.tables() if table.family in _PACKET_FAMILIES and not table.dormant)
+    names = {(table.family, table.name) for table in tables}
+    chains = tuple(chain for chain in reader.chains() if (chain.family, chain.table) in names)
+    reading = _Reading(tables, chains, {}, {})
+    base = {(c.family, c.table, c.name) for c in chains if c.is_base and c.hook != 'forward'}
+    known = {(c.family, c.table, c.name) for c in chains}
+    _read_rules(reader, reading, base | (cache.needed & known))
+    for family, table in sorted({(key[0], key[1]) for key in reading.rules}):
+        reading.sets.update(_read_sets(reader, family, table))
+    return reading
+
+
+def _read_rules(reader: NetlinkReader, reading: _Reading, chains: Iterable[ChainKey]) -> None:
+    for family, table, chain in sorted(chains):
+        if (family, table, chain) not in reading.rules:
+            reading.rules[(family, table, chain)] = tuple(reader.rules(family, table, chain))
+
+
+def _read_sets(reader: NetlinkReader, family: str, table: str) -> Iterable[Tuple[Tuple[str, str, str], KernelSet]]:
+    for found in reader.sets(family, table):
+        elements = tuple(reader.set_elements(family, table, found.name))
+        yield (family, table, found.name), replace(found, elements=elements)
+
+
+def _read_needed(reader: NetlinkReader, cache: KernelCache, needs: Needs) -> KernelRuleset:
+    """Round by round, the chains the evaluation needs, until it needs nothing more; all of one
+    generation (``read_consistent`` checks it)."""
+    generation = reader.generation()
+    reading = _start(reader, cache, generation)
+    known = {(c.family, c.table, c.name) for c in reading.chains}
+    while True:
+        ruleset = reading.ruleset(generation)
+        wanted = {key for key in needs(ruleset) if key in known and key not in reading.rules}
+        if not wanted:
+            return ruleset
+        _read_rules(reader, reading, wanted)
 
 
 def _netlink_failure(error: NetlinkError) -> CollectionError:
@@ -106,20 +138,31 @@ def _netlink_failure(error: NetlinkError) -> CollectionError:
     return CollectionError('reading nf_tables over netlink failed: {}'.format(error))
 
 
-def read_kernel(options: Options, cache: KernelCache) -> KernelRuleset:
-    """The kernel's nf_tables ruleset, read in one generation; the last one while it is unchanged."""
+def read_kernel(options: Options, cache: KernelCache, family: str, needs: Optional[Needs] = None) -> KernelRuleset:
+    """The kernel's nf_tables ruleset, as far as the evaluation of ``family`` needs it (every chain
+    without ``needs``), read in one generation; the last one while it is unchanged."""
+    needs = needs if needs is not None else _every_chain
     try:
         reader = NetlinkReader(options.timeout, options.max_output_bytes)
         in_network_namespace(options.network_namespace, reader.open)
         with reader:
             last = cache.ruleset
-            if last is not None and reader.generation() == last.generation:
+            if last is not None and family in cache.complete_for and reader.generation() == last.generation:
                 return last
-            generation, ruleset = read_consistent(reader, _read_tables, attempts=_READ_ATTEMPTS)
+            generation, ruleset = read_consistent(reader, lambda current: _read_needed(current, cache, needs), attempts=_READ_ATTEMPTS)
     except NetlinkError as error:
         raise _netlink_failure(error)
-    cache.ruleset = KernelRuleset(generation, ruleset.tables, ruleset.chains, ruleset.rules, ruleset.sets)
+    if last is None or last.generation != generation:
+        cache.complete_for = set()
+    cache.ruleset = replace(ruleset, generation=generation)
+    cache.complete_for.add(family)
+    base = {(chain.family, chain.table, chain.name) for chain in ruleset.chains if chain.is_base}
+    cache.needed = set(ruleset.rules) - base
     return cache.ruleset
+
+
+def _every_chain(ruleset: KernelRuleset) -> Set[ChainKey]:
+    return {(chain.family, chain.table, chain.name) for chain in ruleset.chains}
 
 
 # What iptables-nft-save and ip6tables-nft-save print on standard error beside legacy tables.
@@ -159,8 +202,10 @@ def _from_saves(options: Options, family: str) -> List[Collected]:
     return [_save(options, LEGACY, main)[0]] + ([_save(options, NFT, variant)[0]] if variant else [])
 
 
-def collect(options: Options, family: str, given: Optional[Collected] = None, cache: Optional[KernelCache] = None) -> List[Collected]:
-    """The rulesets of one family that the kernel runs side by side."""
+def collect(
+    options: Options, family: str, given: Optional[Collected] = None, cache: Optional[KernelCache] = None, needs: Optional[Needs] = None
+) -> List[Collected]:
+    """The rulesets of one family that the kernel runs side by side (of nf_tables, what ``needs`` asks for)."""
     if given is not None:
         return [given]
     path = options.ruleset_files.get(family)
@@ -168,7 +213,7 @@ def collect(options: Options, family: str, given: Optional[Collected] = None, ca
         return [collected_text(read_file(path, options.max_output_bytes), path)]
     if not uses_netlink(options, family):
         return _from_saves(options, family)
-    kernel = read_kernel(options, cache if cache is not None else KernelCache())
+    kernel = read_kernel(options, cache if cache is not None else KernelCache(), family, needs)
     return [Collected(KERNEL, 'nf_tables (netlink)', kernel=kernel)] + _legacy(options, family)
 
 

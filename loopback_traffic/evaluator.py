@@ -7,12 +7,11 @@ rules whatever the jumps, gotos and RETURNs.
 from __future__ import annotations
 
 import ipaddress
-import re
-from dataclasses import dataclass
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .classify import ALL, NONE, Relation, classify
-from .model import INCOMPATIBLE_TABLE, JUMP, STATEMENT, Chain, RawRule, Rule, Ruleset, Table
+from .model import INCOMPATIBLE_TABLE, JUMP, STATEMENT, Chain, Rule, Ruleset, Table
 from .parser import ParseError
 from .requirements import (
     ACCEPT,
@@ -52,13 +51,6 @@ _VERDICT_TARGETS = {
 }
 # Targets that end or leave the walk and are never chains.
 _WALK_TARGETS = frozenset(_VERDICT_TARGETS) | {'RETURN'}
-# Targets of iptables extensions: user chains only where a chain of that name is declared.
-EXTENSION_TARGETS = frozenset(
-    'ACCEPT DROP REJECT RETURN QUEUE NFQUEUE LOG NFLOG ULOG MARK CONNMARK CT NOTRACK AUDIT TRACE CLASSIFY DSCP TOS '
-    'TTL HL TCPMSS SECMARK CONNSECMARK MASQUERADE SNAT DNAT REDIRECT TPROXY TEE SET CHECKSUM IDLETIMER LED HMARK '
-    'SYNPROXY NETMAP CLUSTERIP RATEEST'.split()
-)
-_TARGET_WORDS = re.compile(r'(?:^|\s)(?:-j|--jump|-g|--goto)\s+(\S+)')
 _POLICY_VERDICTS = {'ACCEPT': ACCEPT, 'DROP': DENY}
 _VERDICT_WORDS = {ACCEPT: 'accepted', DENY: 'dropped', QUEUE: 'queued to user space'}
 
@@ -186,8 +178,11 @@ class Relations:
 class _ChainWalker:
     """Summaries of the chains of one table for one packet class, each computed once."""
 
-    def __init__(self, table: Table, packets: PacketClass, required: str, label: str, relations: Relations) -> None:
+    def __init__(
+        self, table: Table, packets: PacketClass, required: str, label: str, relations: Relations, missing: Optional[Set[Tuple[str, str, str]]] = None
+    ) -> None:
         self.table = table
+        self.missing = missing
         self.packets = packets
         self.required = required
         self.label = label
@@ -227,6 +222,9 @@ class _ChainWalker:
         chain = self.table.chain(target.name)
         if chain is None:
             if target.kind == JUMP:
+                if self.missing is not None:
+                    self.missing.add((self.table.family, self.table.name, target.name))
+                    return None
                 raise Unevaluable('{}: jumps to the chain {}, which was not read'.format(self._where(rule), target.name))
             if target.goto:
                 raise Unevaluable(
@@ -443,11 +441,29 @@ def _status_of(verdict: str, required: str, deviations: Sequence[Deviation]) -> 
     return Status.PARTIAL if deviations else Status.PASS
 
 
-def _walk_chain(path: _PathChain, packets: PacketClass, required: str, walkers: Dict, relations: Relations) -> _HookResult:
+@dataclass
+class _Walk:
+    """What one evaluation shares between its walks: the relations, the walkers, the chains walked
+    (for the rule count) and, while the kernel's ruleset is read chain by chain, the chains that a
+    walk needs and that were not read (None: a chain that is not there is an error)."""
+
+    relations: Relations
+    missing: Optional[Set[Tuple[str, str, str]]] = None
+    walked: Dict[Tuple[int, int, str], int] = field(default_factory=dict)
+
+    def count(self, walkers: Dict[Tuple[int, int], '_ChainWalker'], paths: Sequence[_PathChain]) -> None:
+        for path in paths:
+            self.walked[(id(path.source), id(path.table), path.chain.name)] = len(path.chain)
+        for (source, _), walker in walkers.items():
+            for name in walker.summaries:
+                self.walked[(source, id(walker.table), name)] = len(walker.table.chains[name])
+
+
+def _walk_chain(path: _PathChain, packets: PacketClass, required: str, walkers: Dict, walk: _Walk) -> _HookResult:
     key = (id(path.source), id(path.table))
     walker = walkers.get(key)
     if walker is None:
-        walker = walkers[key] = _ChainWalker(path.table, packets, required, path.source.label, relations)
+        walker = walkers[key] = _ChainWalker(path.table, packets, required, path.source.label, walk.relations, walk.missing)
     summary = walker.summary(path.chain)
     assert summary.verdict is not None and summary.decided_by is not None  # built-in chains always decide
     deviations = _flatten(summary.devs)
@@ -583,15 +599,24 @@ def _combine_deny(rule: ComplianceRule, requirement: Requirement, results: Seque
     return _requirement_result(requirement, status, decisive, deviations, fixes)
 
 
-def _evaluate_requirement_effective(
-    rule: ComplianceRule, requirement: Requirement, sources: Sequence[Source], relations: Relations
-) -> RequirementResult:
-    packets = requirement.packet_class(rule.loopback)
+def _walk_path(requirement: Requirement, packets: PacketClass, paths: Sequence[_PathChain], walk: _Walk) -> List[_HookResult]:
+    """Every chain of the path, walked for the class. For the deny requirement the chains that see
+    only part of the class (nat, other devices' ingress) are walked only when no other chain denies
+    the whole class: they cannot do better (a Kubernetes node's nat service chains are not read)."""
     walkers: Dict = {}
-    results = [
-        _walk_chain(path, packets, requirement.required, walkers, relations)
-        for path in _path(requirement, rule.family, packets, sources)
-    ] or [_nothing_on_the_path(requirement, requirement.required)]
+    only_part = [requirement.required == DENY and bool(path.partial_because) for path in paths]
+    results = [_walk_chain(path, packets, requirement.required, walkers, walk) for path, part in zip(paths, only_part) if not part]
+    if any(only_part) and not any(result.status is Status.PASS for result in results):
+        results += [_walk_chain(path, packets, requirement.required, walkers, walk) for path, part in zip(paths, only_part) if part]
+        results.sort(key=lambda result: result.path.order)
+    walk.count(walkers, paths)
+    return results
+
+
+def _evaluate_requirement_effective(rule: ComplianceRule, requirement: Requirement, sources: Sequence[Source], walk: _Walk) -> RequirementResult:
+    packets = requirement.packet_class(rule.loopback)
+    paths = _path(requirement, rule.family, packets, sources)
+    results = _walk_path(requirement, packets, paths, walk) or [_nothing_on_the_path(requirement, requirement.required)]
     if requirement.required == DENY:
         return _combine_deny(rule, requirement, results, sources)
     return _combine_accept(requirement, results)
@@ -675,97 +700,36 @@ def _evaluate_requirement_literal(rule: ComplianceRule, requirement: Requirement
 # --- both modes ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reach:
-    """What the packets of a compliance rule's classes can reach in one ruleset."""
-
-    chains: FrozenSet[Tuple[str, str]]  # (table, chain): the path chains and the user chains reached
-    undeclared: FrozenSet[Tuple[str, str]]  # (table, target) jumped to by a reached rule, declared nowhere
-
-
-def reach(rule: ComplianceRule, ruleset: Ruleset, relations: Optional[Relations] = None) -> Reach:
-    """The chains on the evaluated paths: each path chain, and every user chain that a rule the
-    packets of a class reach jumps or goes to (whatever that chain then does with them). A chain
-    jumped to only behind a rule that accepts or drops the whole class, or only by rules that
-    match no packet of it, is not on the path."""
-    relations = relations if relations is not None else Relations()
-    chains: Set[Tuple[str, str]] = set()
-    undeclared: Set[Tuple[str, str]] = set()
-    may_enter: Dict[Tuple[str, str], bool] = {}
-    for requirement in REQUIREMENTS:
-        packets = requirement.packet_class(rule.loopback)
-        seen: Set[Tuple[str, str]] = set()  # by this class
-        for path in _path(requirement, rule.family, packets, [Source(ruleset)]):
-            table = path.table
-            stack = [path.chain.name]
-            while stack:
-                name = stack.pop()
-                if (table.name, name) in seen:
-                    continue
-                seen.add((table.name, name))
-                chains.add((table.name, name))
-                chain = table.chains[name]
-                if not may_enter.setdefault((table.name, name), _may_enter_a_chain(chain, table)):
-                    continue  # nothing to follow: its rules need not even be parsed
-                for rule_, relation in zip(chain.rules, relations.of(chain, packets)):
-                    target = rule_.target
-                    if relation is NONE or target is None or target.name in _WALK_TARGETS or target.kind == STATEMENT:
-                        continue
-                    callee = table.chain(target.name)
-                    if callee is None:
-                        undeclared.add((table.name, target.name))
-                    elif not callee.is_builtin:
-                        stack.append(target.name)
-    return Reach(frozenset(chains), frozenset(undeclared))
-
-
-def _may_enter_a_chain(chain: Chain, table: Table) -> bool:
-    """Whether a rule of ``chain`` may jump or go to a chain, read from the rule texts without parsing
-    them (a Kubernetes node's 9,000 REJECT rules of a service chain cannot); a target spelt oddly, or
-    the words ``-j NAME`` in a comment, count as one that may."""
-    for raw in chain.raw_rules:
-        if not isinstance(raw, RawRule):
-            return True  # not text: the front-end's rules are read as they are
-        for name in _TARGET_WORDS.findall(raw.text):
-            if name not in _WALK_TARGETS and (name in table.chains or name not in EXTENSION_TARGETS):
-                return True
-    return False
-
-
-def _rules_on_path(rule: ComplianceRule, sources: Sequence[Source], relations: Relations) -> int:
-    """Rules on the evaluated paths: every rule of the chains ``reach`` finds, in every ruleset."""
-    total = 0
-    for source in sources:
-        ruleset = source.ruleset
-        total += sum(len(ruleset.tables[table].chains[name]) for table, name in reach(rule, ruleset, relations).chains)
-    return total
-
-
 def _worst(statuses: Iterable[Status]) -> Status:
     return max(statuses, default=Status.PASS)
 
 
-def evaluate(rule: ComplianceRule, sources: Sequence[Source], mode: str = EFFECTIVE) -> RuleResult:
+def evaluate(
+    rule: ComplianceRule, sources: Sequence[Source], mode: str = EFFECTIVE, missing: Optional[Set[Tuple[str, str, str]]] = None
+) -> RuleResult:
     """Evaluate one compliance rule on one or more rulesets of its family (e.g. nft and legacy).
 
-    Never raises for a bad ruleset: what cannot be evaluated is a result with status UNKNOWN.
+    Never raises for a bad ruleset: what cannot be evaluated is a result with status UNKNOWN. With
+    ``missing``, a jump to a chain of the kernel's ruleset that was not read adds (family, table,
+    chain) to it instead, and the result is only a step towards the real one.
     """
     if mode not in MODES:
         raise ValueError('mode must be one of {}'.format(', '.join(MODES)))
     if not sources:
         raise ValueError('at least one ruleset is needed')
-    relations = Relations()
+    walk = _Walk(Relations(), missing)
     try:
         _check_incompatible(sources)
         if mode == LITERAL:
             results = tuple(_evaluate_requirement_literal(rule, requirement, sources) for requirement in REQUIREMENTS)
+            for requirement in REQUIREMENTS:
+                walk.count({}, _path(requirement, rule.family, requirement.packet_class(rule.loopback), sources))
         else:
-            results = tuple(_evaluate_requirement_effective(rule, requirement, sources, relations) for requirement in REQUIREMENTS)
-        count = _rules_on_path(rule, sources, relations)
+            results = tuple(_evaluate_requirement_effective(rule, requirement, sources, walk) for requirement in REQUIREMENTS)
     except Unevaluable as error:
         return RuleResult(rule, Status.UNKNOWN, error='cannot evaluate the ruleset: {}'.format(error), mode=mode)
     except ParseError as error:
         return RuleResult(rule, Status.UNKNOWN, error='unparseable ruleset: {}'.format(error), mode=mode)
     except RecursionError:
         return RuleResult(rule, Status.UNKNOWN, error='cannot evaluate the ruleset: it nests too deeply', mode=mode)
-    return RuleResult(rule, _worst(result.status for result in results), results, count, mode=mode)
+    return RuleResult(rule, _worst(result.status for result in results), results, sum(walk.walked.values()), mode=mode)

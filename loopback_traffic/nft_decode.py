@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -70,28 +70,75 @@ def is_iptables_table(family: str, name: str, chains: Iterable[KernelChain]) -> 
     return True
 
 
-def decode_tables(kernel: KernelRuleset, family: str) -> Tuple[Table, ...]:
-    """The model tables of one nf_tables family, in the order the kernel listed them."""
-    return tuple(_decode_table(kernel, table.name, family, table.dormant) for table in kernel.tables if table.family == family)
+class DecodeCache:
+    """The rules one check instance decoded, by what the kernel sent for them: a rule that is the
+    same bytes in the same chain decodes the same (its handle aside), so that a ruleset rewritten
+    around it (a kube-proxy sync re-adds whole chains) costs a look-up per unchanged rule. Rules
+    that look up a set are not kept (the set's contents may change). What a generation did not use
+    is forgotten at the next one."""
+
+    def __init__(self) -> None:
+        self._current: Dict[tuple, DecodedRule] = {}
+        self._previous: Dict[tuple, DecodedRule] = {}
+        self.generation: Optional[int] = None
+
+    def start(self, generation: int) -> None:
+        if generation != self.generation:
+            self.generation = generation
+            self._previous, self._current = self._current, {}
+
+    def decode(self, rule: KernelRule, sets: Mapping[str, KernelSet], family: str, iptables: bool) -> DecodedRule:
+        if _SET_LOOKUP in rule.raw_expressions:
+            return decode_rule(rule, sets, family, iptables=iptables)
+        key = (family, rule.table, rule.chain, iptables, rule.raw_expressions, rule.userdata)
+        found = self._current.get(key)
+        if found is None:
+            found = self._previous.get(key)
+            if found is None:
+                found = decode_rule(rule, sets, family, iptables=iptables)
+            self._current[key] = found
+        return _with_handle(found, rule.handle)
 
 
-def _decode_table(kernel: KernelRuleset, name: str, family: str, dormant: bool) -> Table:
+# How a lookup expression's name appears in NFTA_RULE_EXPRESSIONS.
+_SET_LOOKUP = b'lookup\x00'
+
+
+def _with_handle(decoded: DecodedRule, handle: int) -> DecodedRule:
+    if isinstance(decoded, tuple):
+        return tuple(replace(rule, handle=handle) if rule.handle != handle else rule for rule in decoded)
+    return replace(decoded, handle=handle) if decoded.handle != handle else decoded
+
+
+def decode_tables(kernel: KernelRuleset, family: str, cache: Optional[DecodeCache] = None) -> Tuple[Table, ...]:
+    """The model tables of one nf_tables family, in the order the kernel listed them. A chain whose
+    rules were not read is left out (a jump to it is then known to lead to a chain not read)."""
+    if cache is not None:
+        cache.start(kernel.generation)
+    return tuple(_decode_table(kernel, table.name, family, table.dormant, cache) for table in kernel.tables if table.family == family)
+
+
+def _decode_table(kernel: KernelRuleset, name: str, family: str, dormant: bool, cache: Optional[DecodeCache]) -> Table:
     kernel_chains = kernel.chains_of(family, name)
     iptables = is_iptables_table(family, name, kernel_chains)
     sets = MappingProxyType({key[2]: found for key, found in kernel.sets.items() if key[0] == family and key[1] == name})
 
     def parse_rule(raw: KernelRule) -> DecodedRule:
+        if cache is not None:
+            return cache.decode(raw, sets, family, iptables)
         return decode_rule(raw, sets, family, iptables=iptables)
 
     chains: Dict[str, Chain] = {}
     for chain in kernel_chains:
-        rules = tuple(kernel.rules.get((family, name, chain.name), ()))
+        rules = kernel.rules.get((family, name, chain.name))
+        if rules is None:
+            continue
         if chain.is_base:
             policy = (chain.policy or 'accept').upper()
             base: Optional[BaseChain] = BaseChain(chain.hook or '', chain.priority or 0, chain.type or 'filter', tuple(chain.devices))
         else:
             policy, base = None, None
-        chains[chain.name] = Chain(chain.name, policy, rules, parse_rule, base=base)
+        chains[chain.name] = Chain(chain.name, policy, tuple(rules), parse_rule, base=base)
     return Table(name, MappingProxyType(chains), family=family, dormant=dormant, native=not iptables)
 
 

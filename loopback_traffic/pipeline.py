@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .applicability import Applicability, ApplicabilityChecker, ApplicabilityError
 from .collect import KERNEL, Collected, CollectionError, KernelCache, collect
@@ -15,7 +15,7 @@ from .config import LEGACY, NFT, Options
 from .evaluator import Source, evaluate
 from .model import Ruleset
 from .nf_tables import KernelRuleset
-from .nft_decode import decode_tables
+from .nft_decode import DecodeCache, decode_tables
 from .parser import EVALUATED_TABLES, ParseError, parse_ruleset
 from .requirements import IPV4, ComplianceRule, rule_for_family
 from .saves import iptables_command
@@ -43,33 +43,50 @@ class InstanceState:
     ruleset (the common case every 15 s) reuses the result."""
 
     kernel: KernelCache = field(default_factory=KernelCache)
-    evaluated: Dict[str, Tuple[Tuple[Collected, ...], RuleResult]] = field(default_factory=dict)
+    decoded: DecodeCache = field(default_factory=DecodeCache)
+    evaluated: Dict[str, Tuple[tuple, RuleResult]] = field(default_factory=dict)
 
     def evaluate(self, options: Options, family: str, rule: ComplianceRule, collected: Tuple[Collected, ...]) -> RuleResult:
+        identity = tuple(piece.identity for piece in collected)
         previous = self.evaluated.get(family)
-        if previous is not None and previous[0] == collected and previous[1].mode == options.mode:
+        if previous is not None and previous[0] == identity and previous[1].mode == options.mode:
             return previous[1]
-        result = _evaluate(options, family, rule, collected)
-        self.evaluated[family] = (collected, result)
+        result = _evaluate(options, family, rule, collected, self.decoded)
+        self.evaluated[family] = (identity, result)
         return result
 
+    def needs(self, options: Options, family: str, rule: ComplianceRule) -> Callable[[KernelRuleset], Set[Tuple[str, str, str]]]:
+        """What an evaluation of ``family`` still needs of a partly read nf_tables ruleset: the
+        chains its walks jump to that were not read."""
 
-def _evaluate(options: Options, family: str, rule: ComplianceRule, collected: Tuple[Collected, ...]) -> RuleResult:
+        def missing(kernel: KernelRuleset) -> Set[Tuple[str, str, str]]:
+            found: Set[Tuple[str, str, str]] = set()
+            evaluate(rule, _kernel_sources(kernel, family, self.decoded) or [_empty(family)], options.mode, missing=found)
+            return found
+
+        return missing
+
+
+def _empty(family: str) -> Source:
+    return Source(Ruleset({}), iptables_command(family, NFT))
+
+
+def _evaluate(options: Options, family: str, rule: ComplianceRule, collected: Tuple[Collected, ...], decoded: DecodeCache) -> RuleResult:
     sources: List[Source] = []
     for piece in collected:
         if piece.kernel is not None:
-            sources.extend(_kernel_sources(piece.kernel, family))
+            sources.extend(_kernel_sources(piece.kernel, family, decoded))
         else:
             sources.append(Source(_parse(piece), iptables_command(family, piece.backend), LEGACY if piece.backend == LEGACY else ''))
-    return evaluate(rule, sources or [Source(Ruleset({}), iptables_command(family, NFT))], options.mode)
+    return evaluate(rule, sources or [_empty(family)], options.mode)
 
 
-def _kernel_sources(kernel: KernelRuleset, family: str) -> List[Source]:
+def _kernel_sources(kernel: KernelRuleset, family: str, decoded: DecodeCache) -> List[Source]:
     """One source per nf_tables family whose tables see the family's packets (names are unique
     within a family only)."""
     sources = []
     for nf_family in _KERNEL_FAMILIES[family]:
-        tables = decode_tables(kernel, nf_family)
+        tables = decode_tables(kernel, nf_family, decoded)
         if tables:
             sources.append(Source(Ruleset({table.name: table for table in tables}), iptables_command(family, KERNEL)))
     return sources
@@ -105,7 +122,7 @@ def run_rule(
     origins: Tuple[str, ...] = ()
     try:
         state = state if state is not None else InstanceState()
-        collected = tuple(collect(options, family, given, state.kernel))
+        collected = tuple(collect(options, family, given, state.kernel, state.needs(options, family, rule)))
         origins = tuple(piece.origin for piece in collected)
         result = state.evaluate(options, family, rule, collected)
     except CollectionError as error:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Protocol, Sequence
+from typing import IO, Callable, Dict, List, Protocol, Sequence, cast
 
 _READ_CHUNK = 1 << 16
 
@@ -124,6 +124,7 @@ def run_commands(
                     index, argv = waiting.pop()
                     process = _start(argv, not_found_hint)
                     running[index] = _Running(argv, process, {'out': stdout_sink(), 'err': _Everything()}, {'out': 0, 'err': 0})
+                    assert process.stdout is not None and process.stderr is not None  # both are pipes
                     selector.register(process.stdout, selectors.EVENT_READ, (index, 'out'))
                     selector.register(process.stderr, selectors.EVENT_READ, (index, 'err'))
                 remaining = deadline - time.monotonic()
@@ -134,7 +135,7 @@ def run_commands(
                     if _read_into(running[index], stream, key.fd, max_output_bytes):
                         continue
                     selector.unregister(key.fileobj)
-                    key.fileobj.close()
+                    cast(IO[bytes], key.fileobj).close()  # registered above: a pipe
                     command = running[index]
                     command.open_streams -= 1
                     if command.open_streams == 0:
@@ -143,7 +144,8 @@ def run_commands(
         finally:
             for command in running.values():
                 for pipe in (command.process.stdout, command.process.stderr):
-                    pipe.close()
+                    if pipe is not None:
+                        pipe.close()
                 if command.process.returncode is None:
                     _kill_group(command.process)
     return [results[index] for index in range(len(argvs))]

@@ -4,6 +4,7 @@ show everything, and with the kernel's own verdict on real packets where they ca
 import importlib.util
 import os
 import sys
+import time
 
 import pytest
 
@@ -341,3 +342,71 @@ def test_a_saved_file_is_read_with_its_size_limit(tmp_path):
     assert '-A INPUT -i lo -j ACCEPT' in read_file(str(path), 10**9)
     with pytest.raises(CollectionError, match='larger than 10 bytes'):
         read_file(str(path), 10)
+
+
+# --- reading only what the walks need, and one moment ------------------------------------------------
+
+
+def test_only_the_chains_the_walks_need_are_read(netns):
+    behind = ['-A BIG -d 10.0.0.{}/32 -p tcp --dport 80 -j REJECT'.format(i) for i in range(1, 200)]
+    decided_first = filter_table(
+        '-A INPUT -i lo -j ACCEPT', '-A INPUT -s 127.0.0.0/8 -j DROP', '-A INPUT -j BIG', '-A OUTPUT -o lo -j ACCEPT', *behind, chains=['BIG']
+    )
+    netns.restore(decided_first, 'ipv4')
+    state = InstanceState()
+    assert evaluate_with(netns, 'ipv4', state=state).result.status is PASS
+    assert ('ip', 'filter', 'INPUT') in state.kernel.ruleset.rules
+    assert ('ip', 'filter', 'BIG') not in state.kernel.ruleset.rules  # no loopback packet gets there
+    # The same chain in front of the lo ACCEPT: the walk needs it, so it is read (in the same generation).
+    netns.restore(decided_first.replace('-A INPUT -j BIG\n', '').replace('-A INPUT -i lo -j ACCEPT', '-A INPUT -j BIG\n-A INPUT -i lo -j ACCEPT'), 'ipv4')
+    result = evaluate_with(netns, 'ipv4', state=state).result
+    assert len(state.kernel.ruleset.rules[('ip', 'filter', 'BIG')]) == len(behind)
+    assert result.status is PASS and result.rules_on_path == 4 + len(behind)
+
+
+# Two states of a ruleset that both fail input_accept_lo; a walk that took INPUT from one and the
+# chain it jumps to from the other would pass.
+FLIP_A = filter_table('-A INPUT -i lo -j ALPHA', '-A ALPHA -j DROP', '-A BETA -j ACCEPT', '-A OUTPUT -o lo -j ACCEPT', chains=['ALPHA', 'BETA'])
+FLIP_B = filter_table('-A INPUT -i lo -j BETA', '-A BETA -j DROP', '-A ALPHA -j ACCEPT', '-A OUTPUT -o lo -j ACCEPT', chains=['ALPHA', 'BETA'])
+FLIP_LOOP = '''
+import subprocess, sys, time
+texts = [open(sys.argv[1]).read(), open(sys.argv[2]).read()]
+end = time.monotonic() + float(sys.argv[3])
+flips = 0
+while time.monotonic() < end:
+    subprocess.run(['iptables-nft-restore'], input=texts[flips % 2], text=True, check=True)
+    flips += 1
+    time.sleep(1 / 15)
+print(flips)
+'''
+
+
+def test_a_ruleset_that_keeps_changing_never_gives_a_verdict_no_state_had(netns, tmp_path):
+    """Churn: the ruleset flips atomically between two failing states about 15 times a second while
+    the check runs; no run may pass, and at most a tenth may be UNKNOWN (read again next run)."""
+    netns.restore(FLIP_A, 'ipv4')
+    (tmp_path / 'a').write_text(FLIP_A)
+    (tmp_path / 'b').write_text(FLIP_B)
+    (tmp_path / 'flip.py').write_text(FLIP_LOOP)
+    flipper = netns.spawn([sys.executable, str(tmp_path / 'flip.py'), str(tmp_path / 'a'), str(tmp_path / 'b'), '25'])
+    state, statuses_seen, deciding_chains, runs = InstanceState(), [], set(), 0
+    try:
+        deadline = time.monotonic() + 20
+        while runs < 300 and time.monotonic() < deadline:
+            outcome = evaluate_with(netns, 'ipv4', state=state, expect_error=True)
+            state.evaluated.clear()
+            runs += 1
+            if outcome.result.error:
+                statuses_seen.append(outcome.result.status)
+                continue
+            accept = outcome.result.requirement(INPUT_ACCEPT_LO)
+            statuses_seen.append(accept.status)
+            deciding_chains.add(accept.deciding.chain)
+    finally:
+        flipper.kill()
+        flipper.wait()
+    assert runs >= 50
+    assert deciding_chains == {'ALPHA', 'BETA'}  # both states were seen: the ruleset did change under the runs
+    assert PASS not in statuses_seen and PARTIAL not in statuses_seen, statuses_seen
+    assert statuses_seen.count(Status.UNKNOWN) <= runs // 10, statuses_seen
+    print('\nchurn: {} runs, {} UNKNOWN'.format(runs, statuses_seen.count(Status.UNKNOWN)))

@@ -3,7 +3,7 @@ import pytest
 
 from datadog_checks.loopback_traffic import classify as classify_module
 from datadog_checks.loopback_traffic.classify import ALL, NONE, SOME, classify
-from datadog_checks.loopback_traffic.evaluator import LITERAL, reach
+from datadog_checks.loopback_traffic.evaluator import LITERAL
 from datadog_checks.loopback_traffic.parser import parse_ruleset
 from datadog_checks.loopback_traffic.requirements import (
     INPUT_ACCEPT_LO,
@@ -518,17 +518,3 @@ def test_literal_ipv6_and_its_fix():
     drop = evaluate_text(filter_table('-A INPUT -i lo -j ACCEPT'), family='ipv6', mode=LITERAL).requirement(INPUT_DROP_LOOPBACK_SOURCE)
     assert drop.status is FAIL
     assert drop.remediation == ('ip6tables -I INPUT 2 -s ::1/128 -j DROP',)
-
-
-def test_reach_reads_only_the_chains_that_can_lead_elsewhere():
-    """Finding the chains on the path does not parse a chain whose rules jump nowhere (a Kubernetes
-    node's thousands of REJECT rules): a broken rule there is found by the evaluation, not by reach."""
-    broken = '-A SERVICES -p tcp -m comment --comment "unterminated -j REJECT'
-    text = filter_table('-A OUTPUT -m conntrack --ctstate NEW -j SERVICES', '-A SERVICES -d 10.0.0.1/32 -j REJECT', broken, chains=['SERVICES'])
-    ruleset = parse_ruleset(text)
-    found = reach(rule_for_family('ipv4'), ruleset)
-    assert ('filter', 'SERVICES') in found.chains and not found.undeclared
-    assert 'unterminated' in evaluate_text(text).error
-    # A rule that may jump (here to a chain not listed yet) is read, and the target reported.
-    jumping = parse_ruleset(text.replace(broken, '-A SERVICES -p udp -j KUBE-MARK-DROP'))
-    assert reach(rule_for_family('ipv4'), jumping).undeclared == {('filter', 'KUBE-MARK-DROP')}

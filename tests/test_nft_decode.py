@@ -353,9 +353,13 @@ def test_decode_tables_iptables_and_native():
         KernelChain('ip', 'odd', 'INPUT', hook='input', priority=0, type='filter', policy='accept'),
         KernelChain('ip', 'raw', 'PREROUTING', hook='prerouting', priority=0, type='filter', policy='accept'),
     )
-    rules = {('ip', 'filter', 'INPUT'): (nb.rule(nb.meta(META_IIFNAME), nb.cmp(nb.EQ, b'lo\0'), nb.verdict(nb.ACCEPT)),)}
+    rules = {('ip', 'filter', 'INPUT'): (nb.rule(nb.meta(META_IIFNAME), nb.cmp(nb.EQ, b'lo\0'), nb.verdict(nb.ACCEPT)),),
+             ('ip', 'filter', 'MYCHAIN'): (), ('ip', 'odd', 'INPUT'): (), ('ip', 'raw', 'PREROUTING'): (), ('inet', 'hostfw', 'input'): ()}
     kernel = KernelRuleset(1, (KernelTable('ip', 'filter'), KernelTable('inet', 'hostfw', flags=1), KernelTable('ip', 'odd'),
                                KernelTable('ip', 'raw')), chains, rules)
+    # A chain whose rules were not read is left out: a jump to it is known to lead to a chain not read.
+    unread = KernelRuleset(1, kernel.tables, chains, {key: value for key, value in rules.items() if key[2] != 'MYCHAIN'})
+    assert 'MYCHAIN' not in decode_tables(unread, 'ip')[0].chains
     filter_table, odd, raw = decode_tables(kernel, 'ip')
     assert (filter_table.name, filter_table.family, filter_table.native, filter_table.dormant) == ('filter', 'ip', False, False)
     assert filter_table.chains['INPUT'].policy == 'DROP'
