@@ -12,12 +12,12 @@ what happened and how to fix it.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, replace
-from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from dataclasses import dataclass, field, replace
+from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .config import LEGACY, NFT, Options
 from .netlink import NetlinkError, NetlinkReader, RulesetKeptChanging, read_consistent
-from .nf_tables import KernelChain, KernelRule, KernelRuleset, KernelSet, KernelTable
+from .nf_tables import ChainKey, ChainRules, KernelRule, KernelRuleset, KernelSet
 from .namespaces import in_network_namespace
 from .runner import CollectionError, command_line
 from .saves import legacy_tables_present, read_file, read_stream as read_saved_stream, run_save, save_command, tool_kind, uses_netlink
@@ -36,6 +36,7 @@ class Collected:
     origin: str  # the source, for messages
     text: str = ''
     kernel: Optional[KernelRuleset] = None
+    walked: object = field(default=None, compare=False)  # what the walk returned while the kernel was read
 
     @property
     def identity(self) -> tuple:
@@ -53,58 +54,37 @@ def read_stream(stream: BinaryIO, origin: str, max_output_bytes: Optional[int] =
     return collected_text(read_saved_stream(stream, origin, max_output_bytes), origin)
 
 
-# Which chains of a partly read nf_tables ruleset the evaluation still needs: (family, table, chain).
-Needs = Callable[[KernelRuleset], Set[Tuple[str, str, str]]]
-ChainKey = Tuple[str, str, str]
+# The evaluation of one family, run while the kernel's ruleset is being read: the chains its walks
+# enter are read as they are entered, all in one generation. What it returns is kept with the read.
+Walk = Callable[[KernelRuleset], object]
 
 
 class KernelCache:
-    """The nf_tables ruleset one check instance read, as far as it was read: while the generation id
-    stays the same (the common case every 15 s) it is the ruleset the kernel runs, and nothing more
-    is read for a family it was completed for. The chains the last generation needed are read at
-    once in the next one (a kube-proxy sync rewrites the same chains)."""
+    """The nf_tables ruleset one check instance read, as far as it was read, with what the walk of
+    each family returned: while the generation id stays the same (the common case every 15 s) it is
+    the ruleset the kernel runs, and nothing more is read for a family that was walked on it."""
 
     def __init__(self) -> None:
         self.ruleset: Optional[KernelRuleset] = None
-        self.complete_for: Set[str] = set()  # the families whose evaluation found nothing missing
-        self.needed: Set[ChainKey] = set()
+        self.walked: Dict[str, object] = {}  # family -> what its walk returned on ``ruleset``
 
 
-@dataclass
-class _Reading:
-    """One attempt at reading one generation: what was read so far."""
-
-    tables: Tuple[KernelTable, ...]
-    chains: Tuple[KernelChain, ...]
-    rules: Dict[ChainKey, Tuple[KernelRule, ...]]
-    sets: Dict[Tuple[str, str, str], KernelSet]
-
-    def ruleset(self, generation: int) -> KernelRuleset:
-        return KernelRuleset(generation, self.tables, self.chains, dict(self.rules), dict(self.sets))
-
-
-def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> _Reading:
+def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[KernelRuleset, Dict[ChainKey, Tuple[KernelRule, ...]]]:
     """The tables, the chains, the base chains' rules and the sets; or, in the same generation, what
     the cache holds."""
     last = cache.ruleset
     if last is not None and last.generation == generation:
-        return _Reading(last.tables, last.chains, dict(last.rules), dict(last.sets))
+        return last, {key: last.rules[key] for key in last.rules}
     tables = tuple(table for table in reader.tables() if table.family in _PACKET_FAMILIES and not table.dormant)
     names = {(table.family, table.name) for table in tables}
     chains = tuple(chain for chain in reader.chains() if (chain.family, chain.table) in names)
-    reading = _Reading(tables, chains, {}, {})
-    base = {(c.family, c.table, c.name) for c in chains if c.is_base and c.hook != 'forward'}
-    known = {(c.family, c.table, c.name) for c in chains}
-    _read_rules(reader, reading, base | (cache.needed & known))
-    for family, table in sorted({(key[0], key[1]) for key in reading.rules}):
-        reading.sets.update(_read_sets(reader, family, table))
-    return reading
-
-
-def _read_rules(reader: NetlinkReader, reading: _Reading, chains: Iterable[ChainKey]) -> None:
-    for family, table, chain in sorted(chains):
-        if (family, table, chain) not in reading.rules:
-            reading.rules[(family, table, chain)] = tuple(reader.rules(family, table, chain))
+    read = {
+        (c.family, c.table, c.name): tuple(reader.rules(c.family, c.table, c.name)) for c in chains if c.is_base and c.hook != 'forward'
+    }
+    sets: Dict[Tuple[str, str, str], KernelSet] = {}
+    for family, table in sorted({(key[0], key[1]) for key in read}):
+        sets.update(_read_sets(reader, family, table))
+    return KernelRuleset(generation, tables, chains, {}, sets), read
 
 
 def _read_sets(reader: NetlinkReader, family: str, table: str) -> Iterable[Tuple[Tuple[str, str, str], KernelSet]]:
@@ -113,18 +93,19 @@ def _read_sets(reader: NetlinkReader, family: str, table: str) -> Iterable[Tuple
         yield (family, table, found.name), replace(found, elements=elements)
 
 
-def _read_needed(reader: NetlinkReader, cache: KernelCache, needs: Needs) -> KernelRuleset:
-    """Round by round, the chains the evaluation needs, until it needs nothing more; all of one
-    generation (``read_consistent`` checks it)."""
+def _read_walking(reader: NetlinkReader, cache: KernelCache, walk: Walk) -> Tuple[KernelRuleset, object]:
+    """The ruleset as far as ``walk`` enters it, and what ``walk`` returned; one generation if the
+    generation id is the same before and after (``read_consistent`` checks it)."""
     generation = reader.generation()
-    reading = _start(reader, cache, generation)
-    known = {(c.family, c.table, c.name) for c in reading.chains}
-    while True:
-        ruleset = reading.ruleset(generation)
-        wanted = {key for key in needs(ruleset) if key in known and key not in reading.rules}
-        if not wanted:
-            return ruleset
-        _read_rules(reader, reading, wanted)
+    start, read = _start(reader, cache, generation)
+    known = frozenset((chain.family, chain.table, chain.name) for chain in start.chains)
+    rules = ChainRules(read, lambda key: reader.rules(*key), known)
+    ruleset = replace(start, rules=rules)
+    try:
+        value = walk(ruleset)
+    finally:
+        rules.close()
+    return ruleset, value
 
 
 def _netlink_failure(error: NetlinkError) -> CollectionError:
@@ -138,31 +119,31 @@ def _netlink_failure(error: NetlinkError) -> CollectionError:
     return CollectionError('reading nf_tables over netlink failed: {}'.format(error))
 
 
-def read_kernel(options: Options, cache: KernelCache, family: str, needs: Optional[Needs] = None) -> KernelRuleset:
-    """The kernel's nf_tables ruleset, as far as the evaluation of ``family`` needs it (every chain
-    without ``needs``), read in one generation; the last one while it is unchanged."""
-    needs = needs if needs is not None else _every_chain
+def read_kernel(options: Options, cache: KernelCache, family: str, walk: Optional[Walk] = None) -> Tuple[KernelRuleset, object]:
+    """The kernel's nf_tables ruleset as far as the walk of ``family`` enters it (every chain
+    without ``walk``), read in one generation, and what the walk returned; while the generation is
+    unchanged, the last read."""
+    walk = walk if walk is not None else _every_chain
     try:
         reader = NetlinkReader(options.timeout, options.max_output_bytes)
         in_network_namespace(options.network_namespace, reader.open)
         with reader:
             last = cache.ruleset
-            if last is not None and family in cache.complete_for and reader.generation() == last.generation:
-                return last
-            generation, ruleset = read_consistent(reader, lambda current: _read_needed(current, cache, needs), attempts=_READ_ATTEMPTS)
+            if last is not None and family in cache.walked and reader.generation() == last.generation:
+                return last, cache.walked[family]
+            generation, (ruleset, value) = read_consistent(reader, lambda current: _read_walking(current, cache, walk), attempts=_READ_ATTEMPTS)
     except NetlinkError as error:
         raise _netlink_failure(error)
     if last is None or last.generation != generation:
-        cache.complete_for = set()
+        cache.walked = {}
     cache.ruleset = replace(ruleset, generation=generation)
-    cache.complete_for.add(family)
-    base = {(chain.family, chain.table, chain.name) for chain in ruleset.chains if chain.is_base}
-    cache.needed = set(ruleset.rules) - base
-    return cache.ruleset
+    cache.walked[family] = value
+    return cache.ruleset, value
 
 
-def _every_chain(ruleset: KernelRuleset) -> Set[ChainKey]:
-    return {(chain.family, chain.table, chain.name) for chain in ruleset.chains}
+def _every_chain(ruleset: KernelRuleset) -> None:
+    for chain in ruleset.chains:
+        ruleset.rules.get((chain.family, chain.table, chain.name))
 
 
 # What iptables-nft-save and ip6tables-nft-save print on standard error beside legacy tables.
@@ -203,9 +184,9 @@ def _from_saves(options: Options, family: str) -> List[Collected]:
 
 
 def collect(
-    options: Options, family: str, given: Optional[Collected] = None, cache: Optional[KernelCache] = None, needs: Optional[Needs] = None
+    options: Options, family: str, given: Optional[Collected] = None, cache: Optional[KernelCache] = None, walk: Optional[Walk] = None
 ) -> List[Collected]:
-    """The rulesets of one family that the kernel runs side by side (of nf_tables, what ``needs`` asks for)."""
+    """The rulesets of one family that the kernel runs side by side (of nf_tables, what ``walk`` enters)."""
     if given is not None:
         return [given]
     path = options.ruleset_files.get(family)
@@ -213,8 +194,8 @@ def collect(
         return [collected_text(read_file(path, options.max_output_bytes), path)]
     if not uses_netlink(options, family):
         return _from_saves(options, family)
-    kernel = read_kernel(options, cache if cache is not None else KernelCache(), family, needs)
-    return [Collected(KERNEL, 'nf_tables (netlink)', kernel=kernel)] + _legacy(options, family)
+    kernel, walked = read_kernel(options, cache if cache is not None else KernelCache(), family, walk)
+    return [Collected(KERNEL, 'nf_tables (netlink)', kernel=kernel, walked=walked)] + _legacy(options, family)
 
 
 __all__ = ['CollectionError', 'Collected', 'KernelCache', 'KERNEL', 'collect', 'collected_text', 'read_stream', 'uses_netlink']

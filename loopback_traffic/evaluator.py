@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .classify import ALL, NONE, Relation, classify
-from .model import INCOMPATIBLE_TABLE, JUMP, STATEMENT, Chain, Rule, Ruleset, Table
+from .model import INCOMPATIBLE_TABLE, JUMP, STATEMENT, Chain, Rule, Ruleset, RulesUnavailable, Table
 from .parser import ParseError
 from .requirements import (
     ACCEPT,
@@ -732,4 +732,6 @@ def evaluate(
         return RuleResult(rule, Status.UNKNOWN, error='unparseable ruleset: {}'.format(error), mode=mode)
     except RecursionError:
         return RuleResult(rule, Status.UNKNOWN, error='cannot evaluate the ruleset: it nests too deeply', mode=mode)
+    except RulesUnavailable as error:
+        return RuleResult(rule, Status.UNKNOWN, error='cannot evaluate the ruleset: {}'.format(error), mode=mode)
     return RuleResult(rule, _worst(result.status for result in results), results, sum(walk.walked.values()), mode=mode)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 BUILTIN_CHAINS: Mapping[str, Tuple[str, ...]] = MappingProxyType(
     {
@@ -24,6 +24,10 @@ BUILTIN_CHAINS: Mapping[str, Tuple[str, ...]] = MappingProxyType(
 )
 
 POLICIES = ('ACCEPT', 'DROP')
+
+
+class RulesUnavailable(Exception):
+    """A chain's rules could not be had when they were needed (a kernel chain read too late)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,14 +137,14 @@ class Chain:
     base: Optional[BaseChain]
     counters: Optional[Counters]
     line: int
-    raw_rules: Tuple[Any, ...]
+    raw_rules: Sequence[Any]
     _parse_rule: Callable[[Any], Union[Rule, Tuple[Rule, ...]]]
 
     def __init__(
         self,
         name: str,
         policy: Optional[str],
-        raw_rules: Tuple[Any, ...],
+        raw_rules: Sequence[Any],
         parse_rule: Callable[[Any], Union[Rule, Tuple[Rule, ...]]],
         counters: Optional[Counters] = None,
         line: int = 0,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, overload
+
+from .model import RulesUnavailable
 
 # nfgenmsg families (NFPROTO_*), and their names as nft writes them.
 NFPROTO_UNSPEC = 0
@@ -214,6 +216,83 @@ class KernelSet:
 
 
 NFT_DATA_VERDICT = 0xFFFFFF00
+
+
+ChainKey = Tuple[str, str, str]  # (family, table, chain)
+
+
+class ChainRules(Mapping[ChainKey, Tuple[KernelRule, ...]]):
+    """The rules of a ruleset's chains: those read so far and, while the reading is open, those of
+    any other chain it has, read from the kernel the first time they are asked for (so that a walk
+    reads exactly the chains it enters). Iterating gives the chains read."""
+
+    def __init__(
+        self,
+        read: Dict[ChainKey, Tuple[KernelRule, ...]],
+        fetch: Optional[Callable[[ChainKey], Sequence[KernelRule]]] = None,
+        known: FrozenSet[ChainKey] = frozenset(),
+    ) -> None:
+        self._read = read
+        self._fetch = fetch
+        self._known = known
+
+    def __getitem__(self, key: ChainKey) -> Tuple[KernelRule, ...]:
+        found = self._read.get(key)
+        if found is None:
+            if self._fetch is None or key not in self._known:
+                raise KeyError(key)
+            found = self._read[key] = tuple(self._fetch(key))
+        return found
+
+    def __iter__(self) -> Iterator[ChainKey]:
+        return iter(self._read)
+
+    def __len__(self) -> int:
+        return len(self._read)
+
+    def can_give(self, key: ChainKey) -> bool:
+        return key in self._read or (self._fetch is not None and key in self._known)
+
+    def is_read(self, key: ChainKey) -> bool:
+        return key in self._read
+
+    def close(self) -> None:
+        """The reading is over: what was not read stays unread."""
+        self._fetch = None
+
+
+class LazyRules(Sequence[KernelRule]):
+    """One chain's rules, taken from its :class:`ChainRules` when first used."""
+
+    __slots__ = ('_owner', '_key', '_rules')
+
+    def __init__(self, owner: ChainRules, key: ChainKey) -> None:
+        self._owner = owner
+        self._key = key
+        self._rules: Optional[Tuple[KernelRule, ...]] = None
+
+    def _get(self) -> Tuple[KernelRule, ...]:
+        if self._rules is None:
+            try:
+                self._rules = self._owner[self._key]
+            except KeyError:
+                raise RulesUnavailable('chain {} {} {} was needed after the generation was read'.format(*self._key)) from None
+        return self._rules
+
+    @overload
+    def __getitem__(self, index: int) -> KernelRule: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[KernelRule]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Union[KernelRule, Sequence[KernelRule]]:
+        return self._get()[index]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __iter__(self) -> Iterator[KernelRule]:
+        return iter(self._get())
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,12 @@ from .nf_tables import (
     NFT_RETURN,
     NFT_SET_CONCAT,
     NFT_SET_ELEM_INTERVAL_END,
+    ChainKey,
+    ChainRules,
     KernelChain,
     KernelRule,
     KernelRuleset,
+    LazyRules,
     KernelSet,
     SetElement,
     attributes,
@@ -130,7 +133,7 @@ def _decode_table(kernel: KernelRuleset, name: str, family: str, dormant: bool, 
 
     chains: Dict[str, Chain] = {}
     for chain in kernel_chains:
-        rules = kernel.rules.get((family, name, chain.name))
+        rules = _rules_of(kernel, (family, name, chain.name))
         if rules is None:
             continue
         if chain.is_base:
@@ -138,8 +141,19 @@ def _decode_table(kernel: KernelRuleset, name: str, family: str, dormant: bool, 
             base: Optional[BaseChain] = BaseChain(chain.hook or '', chain.priority or 0, chain.type or 'filter', tuple(chain.devices))
         else:
             policy, base = None, None
-        chains[chain.name] = Chain(chain.name, policy, tuple(rules), parse_rule, base=base)
+        chains[chain.name] = Chain(chain.name, policy, rules, parse_rule, base=base)
     return Table(name, MappingProxyType(chains), family=family, dormant=dormant, native=not iptables)
+
+
+def _rules_of(kernel: KernelRuleset, key: ChainKey) -> Optional[Sequence[KernelRule]]:
+    """A chain's rules, or None where they cannot be had (not read; left out of the table); while
+    the ruleset is being read, a chain not read yet gives rules read when first used."""
+    rules = kernel.rules
+    if isinstance(rules, ChainRules):
+        if rules.is_read(key):
+            return rules[key]
+        return LazyRules(rules, key) if rules.can_give(key) else None
+    return rules.get(key)
 
 
 # ----------------------------------------------------------------------------- catalogues

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .applicability import Applicability, ApplicabilityChecker, ApplicabilityError
 from .collect import KERNEL, Collected, CollectionError, KernelCache, collect
@@ -55,16 +55,14 @@ class InstanceState:
         self.evaluated[family] = (identity, result)
         return result
 
-    def needs(self, options: Options, family: str, rule: ComplianceRule) -> Callable[[KernelRuleset], Set[Tuple[str, str, str]]]:
-        """What an evaluation of ``family`` still needs of a partly read nf_tables ruleset: the
-        chains its walks jump to that were not read."""
+    def walk(self, options: Options, family: str, rule: ComplianceRule) -> Callable[[KernelRuleset], RuleResult]:
+        """The evaluation of ``family`` on the kernel's ruleset alone, run while it is read (it
+        reads the chains its walks enter); it is the result when no legacy ruleset joins it."""
 
-        def missing(kernel: KernelRuleset) -> Set[Tuple[str, str, str]]:
-            found: Set[Tuple[str, str, str]] = set()
-            evaluate(rule, _kernel_sources(kernel, family, self.decoded) or [_empty(family)], options.mode, missing=found)
-            return found
+        def evaluate_kernel(kernel: KernelRuleset) -> RuleResult:
+            return evaluate(rule, _kernel_sources(kernel, family, self.decoded) or [_empty(family)], options.mode)
 
-        return missing
+        return evaluate_kernel
 
 
 def _empty(family: str) -> Source:
@@ -72,6 +70,8 @@ def _empty(family: str) -> Source:
 
 
 def _evaluate(options: Options, family: str, rule: ComplianceRule, collected: Tuple[Collected, ...], decoded: DecodeCache) -> RuleResult:
+    if len(collected) == 1 and isinstance(collected[0].walked, RuleResult):
+        return collected[0].walked  # the kernel's ruleset alone, evaluated while it was read
     sources: List[Source] = []
     for piece in collected:
         if piece.kernel is not None:
@@ -122,7 +122,7 @@ def run_rule(
     origins: Tuple[str, ...] = ()
     try:
         state = state if state is not None else InstanceState()
-        collected = tuple(collect(options, family, given, state.kernel, state.needs(options, family, rule)))
+        collected = tuple(collect(options, family, given, state.kernel, state.walk(options, family, rule)))
         origins = tuple(piece.origin for piece in collected)
         result = state.evaluate(options, family, rule, collected)
     except CollectionError as error:
