@@ -16,7 +16,7 @@ from datadog_checks.loopback_traffic.requirements import INPUT_ACCEPT_LO, INPUT_
 from datadog_checks.loopback_traffic.results import Status
 
 from .netns import netns, probe_loopback, require_tools  # noqa: F401
-from .rulesets import CIS_V4, CIS_V6, filter_table
+from .rulesets import CIS_V4, CIS_V6, filter_table, table
 
 _GENERATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'generate.py')
 _spec = importlib.util.spec_from_file_location('loopback_traffic_benchmark_generate', _GENERATE)
@@ -410,3 +410,40 @@ def test_a_ruleset_that_keeps_changing_never_gives_a_verdict_no_state_had(netns,
     assert PASS not in statuses_seen and PARTIAL not in statuses_seen, statuses_seen
     assert statuses_seen.count(Status.UNKNOWN) <= runs // 10, statuses_seen
     print('\nchurn: {} runs, {} UNKNOWN'.format(runs, statuses_seen.count(Status.UNKNOWN)))
+
+
+def test_a_netdev_ingress_chain_on_lo_takes_part(netns):
+    require_tools('nft')
+    netns.restore(CIS_V4, 'ipv4')
+    nft_file(netns, 'table netdev edge {\n chain in {\n  type filter hook ingress device "lo" priority 0;\n  ip saddr 127.0.0.0/8 drop\n }\n}\n')
+    assert not probe_loopback(netns, 'ipv4', 'udp')
+    accept = evaluate_with(netns, 'ipv4').result.requirement(INPUT_ACCEPT_LO)
+    assert accept.status is FAIL
+    assert (accept.deciding.table, accept.deciding.chain, accept.deciding.index) == ('netdev edge', 'in', 1)
+
+
+# The same two failing states, with the change spanning two tables: the jump in mangle PREROUTING
+# and the chains it may lead to, against what filter INPUT does.
+FLIP_MANGLE_A = FLIP_A + table('mangle', ['-A PREROUTING -i lo -j MARK --set-mark 1'])
+FLIP_MANGLE_B = FLIP_B + table('mangle', ['-A PREROUTING -i lo -j MARK --set-mark 2'])
+
+
+def test_a_change_spanning_two_tables_never_gives_a_verdict_no_state_had(netns, tmp_path):
+    netns.restore(FLIP_MANGLE_A, 'ipv4')
+    (tmp_path / 'a').write_text(FLIP_MANGLE_A)
+    (tmp_path / 'b').write_text(FLIP_MANGLE_B)
+    (tmp_path / 'flip.py').write_text(FLIP_LOOP)
+    flipper = netns.spawn([sys.executable, str(tmp_path / 'flip.py'), str(tmp_path / 'a'), str(tmp_path / 'b'), '25'])
+    state, seen, runs = InstanceState(), [], 0
+    try:
+        deadline = time.monotonic() + 15
+        while runs < 300 and time.monotonic() < deadline:
+            outcome = evaluate_with(netns, 'ipv4', state=state, expect_error=True)
+            state.evaluated.clear()
+            runs += 1
+            seen.append(outcome.result.status if outcome.result.error else outcome.result.requirement(INPUT_ACCEPT_LO).status)
+    finally:
+        flipper.kill()
+        flipper.wait()
+    assert PASS not in seen and PARTIAL not in seen, seen
+    assert seen.count(Status.UNKNOWN) <= runs // 10, seen
