@@ -7,6 +7,7 @@ the rules of a Kubernetes node's service chains cost one slice of the reply each
 """
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -88,6 +89,19 @@ def attributes(data: bytes) -> Dict[int, bytes]:
     return dict(attribute_list(data))
 
 
+# Rules repeat the same expressions (the same register load, the same port comparison...): their
+# bytes parse to the same attributes, kept here. The dictionaries are shared: never change one.
+@functools.lru_cache(maxsize=1 << 16)
+def shared_attributes(data: bytes) -> Dict[int, bytes]:
+    return attributes(data)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _expression(element: bytes) -> 'Expression':
+    attrs = attributes(element)
+    return Expression(string(attrs.get(1, b'')), attrs.get(2, b''))  # NFTA_EXPR_NAME, NFTA_EXPR_DATA
+
+
 def be32(data: bytes) -> int:
     if len(data) != 4:
         raise MalformedAttributes('expected 4 bytes, got {}'.format(len(data)))
@@ -163,13 +177,7 @@ class KernelRule:
     @cached_property
     def expressions(self) -> Tuple[Expression, ...]:
         """Decoded on first use. Raises :class:`MalformedAttributes`."""
-        found = []
-        for kind, element in attribute_list(self.raw_expressions):
-            if kind != 1:  # NFTA_LIST_ELEM
-                continue
-            attrs = attributes(element)
-            found.append(Expression(string(attrs.get(1, b'')), attrs.get(2, b'')))  # NFTA_EXPR_NAME, NFTA_EXPR_DATA
-        return tuple(found)
+        return tuple(_expression(element) for kind, element in attribute_list(self.raw_expressions) if kind == 1)  # NFTA_LIST_ELEM
 
     @cached_property
     def comment(self) -> Optional[str]:

@@ -45,6 +45,7 @@ from .nf_tables import (
     SetElement,
     attributes,
     be32,
+    shared_attributes,
     be32_signed,
     string,
 )
@@ -471,7 +472,7 @@ class _RuleDecoder:
                 self.undescribed('{} (not decoded)'.format(expression.name))
                 continue
             try:
-                handler(self, attributes(expression.data))
+                handler(self, shared_attributes(expression.data))
             except _DecodeError as error:
                 self.problem('{}: {}'.format(expression.name, error))
                 self.undescribed('{} (not decoded)'.format(expression.name))
