@@ -1,27 +1,41 @@
 """``loopback-traffic``: run the check's pipeline once, on this host or on saved rulesets.
 
 Exit codes follow service check statuses: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the worst over
-the rules evaluated; 0 when no rule applies).
+the rules evaluated; 0 when no rule applies; 3 for a usage error).
+
+Saved rulesets (``--iptables-save``, ``--ip6tables-save``, ``--example`` or the configuration's
+``ruleset_files``) are judged on their own: every family evaluated needs its file (this host's live
+ruleset is never read beside them), and this host's packages do not make them not applicable unless
+``applicability`` is set.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .__about__ import __version__
 from .applicability import ApplicabilityChecker
-from .collect import Collected, read_stream
-from .config import APPLICABILITY, PARTIAL, InvalidConfiguration, parse_options
+from .cli_formats import EVALUATE_ANYWAY, junit, sarif
+from .collect import Collected, CollectionError, collected_text, read_stream
+from .config import APPLICABILITY, PARTIAL, InvalidConfiguration, Options, parse_options
 from .evaluator import MODES
-from .pipeline import run_rule
-from .report import OK, service_check_status, to_json, to_text
+from .parser import EVALUATED_TABLES, ParseError, parse_ruleset
+from .pipeline import Outcome, run_rule
+from .report import OK, STATUS_NAMES, printable, service_check_status, to_json, to_text
 from .requirements import FAMILIES, IPV4, IPV6
+from .saves import read_file
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'examples')
 EXAMPLES = ('compliant', 'ufw', 'misordered')
+FORMATS = ('text', 'json', 'junit', 'sarif')
 USAGE_ERROR = 3
+NOT_APPLICABLE = 'NOT APPLICABLE'
+_FILE_OPTIONS = {IPV4: '--iptables-save', IPV6: '--ip6tables-save'}
+_FAMILY_NAMES = {IPV4: 'IPv4', IPV6: 'IPv6'}
 
 
 def _families(text: str) -> List[str]:
@@ -43,20 +57,34 @@ def build_parser() -> argparse.ArgumentParser:
         prog='loopback-traffic',
         description='Tell whether this host\'s iptables rules handle loopback traffic as the compliance rules '
         'set_loopback_traffic and set_ipv6_loopback_traffic require.',
-        epilog='Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.',
+        epilog='Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the worst rule; 3 also for a usage error).',
     )
-    source = parser.add_argument_group('what to evaluate (default: the live rulesets of this host)')
+    parser.add_argument('--version', action='version', version='%(prog)s {}'.format(__version__))
+    source = parser.add_argument_group(
+        'what to evaluate (default: the live rulesets of this host)',
+        'Saved rulesets are judged on their own: each family evaluated needs its file, and applicability defaults to always.',
+    )
     source.add_argument('--iptables-save', metavar='FILE', help='a saved IPv4 ruleset (iptables-save output); - for standard input')
     source.add_argument('--ip6tables-save', metavar='FILE', help='a saved IPv6 ruleset (ip6tables-save output); - for standard input')
-    source.add_argument('--example', choices=EXAMPLES, help='evaluate a bundled example IPv4 ruleset')
+    source.add_argument('--example', choices=EXAMPLES, help='evaluate a bundled example IPv4 ruleset (alone)')
     parser.add_argument('--config', metavar='CONF_YAML', help='take the options of the first instance of this conf.yaml')
     parser.add_argument('--families', type=_families, help='comma-separated: ipv4,ipv6')
-    parser.add_argument('--applicability', choices=APPLICABILITY, help='auto (default on the live host) or always')
+    parser.add_argument(
+        '--applicability', choices=APPLICABILITY, help='auto (default on the live host: judged by the installed packages) or always (default for saved rulesets)'
+    )
     parser.add_argument('--mode', choices=MODES, help='effective (default) or literal')
     parser.add_argument('--partial', choices=PARTIAL, help='how a partial result is reported (default warning)')
     parser.add_argument('--use-sudo', action='store_true', default=None, help='run the save tools with sudo -n')
     parser.add_argument('--timeout', type=float, help='seconds per save command (default 10)')
-    parser.add_argument('--json', action='store_true', help='print JSON instead of the human report')
+    output = parser.add_argument_group('output')
+    formats = output.add_mutually_exclusive_group()
+    formats.add_argument(
+        '--format', choices=FORMATS, default='text', help='text (default, the human report), json, junit (JUnit XML) or sarif (SARIF 2.1.0)'
+    )
+    formats.add_argument('--json', dest='format', action='store_const', const='json', help='the same as --format json')
+    output.add_argument(
+        '--output', metavar='FILE', help='write the report in --format to FILE; standard output then shows the human report'
+    )
     return parser
 
 
@@ -83,52 +111,272 @@ def _read_input(path: str) -> Collected:
         return read_stream(saved, path)
 
 
-def _instance(arguments: argparse.Namespace) -> Dict[str, Any]:
+def _instance(arguments: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """The instance's options (the configuration's, overridden by the command line), and for each
+    option set, who set it (``--families``, or ``families`` in CONF) for messages."""
     instance = _load_config(arguments.config) if arguments.config else {}
+    set_by = {name: '`{}` in {}'.format(name, arguments.config) for name, value in instance.items() if value is not None}
     for name in ('families', 'applicability', 'mode', 'partial', 'use_sudo', 'timeout'):
         value = getattr(arguments, name)
         if value is not None:
             instance[name] = value
-    return instance
+            set_by[name] = '--' + name.replace('_', '-')
+    return instance, set_by
 
 
-def _file_texts(arguments: argparse.Namespace) -> Dict[str, Collected]:
-    if arguments.iptables_save == '-' and arguments.ip6tables_save == '-':
-        raise InvalidConfiguration('standard input can feed one ruleset only: give the other one as a file')
-    files: Dict[str, Collected] = {}
+# --------------------------------------------------------------------------- saved rulesets
+
+
+def _saved_paths(arguments: argparse.Namespace, configured: Mapping[str, str], config: Optional[str]) -> Dict[str, Tuple[str, str]]:
+    """family -> (path, what named it) of the saved rulesets to judge; {} for the live host."""
+    given = {family: getattr(arguments, option[2:].replace('-', '_')) for family, option in _FILE_OPTIONS.items()}
+    given = {family: path for family, path in given.items() if path}
     if arguments.example:
-        files[IPV4] = _read_input(os.path.join(EXAMPLES_DIR, arguments.example + '.rules'))
-    if arguments.iptables_save:
-        files[IPV4] = _read_input(arguments.iptables_save)
-    if arguments.ip6tables_save:
-        files[IPV6] = _read_input(arguments.ip6tables_save)
-    return files
+        if given or configured:
+            named = [_FILE_OPTIONS[family] for family in given] + (['`ruleset_files` in {}'.format(config)] if configured else [])
+            raise InvalidConfiguration(
+                '--example evaluates a bundled ruleset on its own: drop {} (or --example)'.format(' and '.join(named))
+            )
+        return {IPV4: (os.path.join(EXAMPLES_DIR, arguments.example + '.rules'), '--example')}
+    if list(given.values()).count('-') > 1:
+        raise InvalidConfiguration('standard input can feed one ruleset only: give the other one as a file')
+    paths = {family: (path, '`ruleset_files.{}` in {}'.format(family, config)) for family, path in configured.items()}
+    paths.update({family: (path, _FILE_OPTIONS[family]) for family, path in given.items()})
+    return paths
+
+
+def _offline_families(instance: Mapping[str, Any], set_by: Mapping[str, str], paths: Mapping[str, Tuple[str, str]]) -> List[str]:
+    """The families to judge on saved rulesets: those asked for, each of which must have its file
+    (never completed with this host's live ruleset), or else those with a file."""
+    if instance.get('families') is None:
+        return [family for family in FAMILIES if family in paths]
+    families = list(dict.fromkeys(instance['families']))
+    for family in families:
+        if family not in paths:
+            others = [f for f in families if f in paths]
+            leave_out = ' or evaluate only {} with --families {}'.format(','.join(others), ','.join(others)) if others else ''
+            raise InvalidConfiguration(
+                '{family} is to be evaluated ({by}) but no saved {name} ruleset is given: add {option} FILE{leave_out} '
+                '(saved rulesets are never completed with this host\'s live ruleset)'.format(
+                    family=family, by=set_by['families'], name=_FAMILY_NAMES[family], option=_FILE_OPTIONS[family], leave_out=leave_out
+                )
+            )
+    for family, (_, named) in paths.items():
+        if family not in families and named.startswith('--'):
+            raise InvalidConfiguration(
+                '{} gives a saved {} ruleset but {} leaves {} out: drop one of them'.format(named, _FAMILY_NAMES[family], set_by['families'], family)
+            )
+    return families
+
+
+_ADDRESS_OPTIONS = ('-s', '-d', '--src-range', '--dst-range')
+_IPV4_ADDRESS = re.compile(r'\d{1,3}(\.\d{1,3}){3}')
+
+
+def _address_family(value: str) -> Optional[str]:
+    address = value.split('/', 1)[0]
+    if ':' in address:
+        return IPV6
+    return IPV4 if _IPV4_ADDRESS.fullmatch(address) else None
+
+
+def _other_family_rule(text: str, family: str) -> Optional[Tuple[int, str, str]]:
+    """The first rule of a saved ruleset whose addresses are of the other family: (line, rule, address).
+    None when there is none, or when the text does not parse (the evaluation says where)."""
+    try:
+        ruleset = parse_ruleset(text, tables=EVALUATED_TABLES)
+        for table in ruleset.tables.values():
+            for chain in table.chains.values():
+                for rule in chain.rules:
+                    for match in rule.matches:
+                        for option in match.options:
+                            if option.name not in _ADDRESS_OPTIONS:
+                                continue
+                            for value in option.values:
+                                for address in re.split(r'[,-]', value) if option.name.endswith('range') else value.split(','):
+                                    found = _address_family(address.strip())
+                                    if found is not None and found != family:
+                                        return rule.line, rule.text, address.strip()
+    except (ParseError, RecursionError):
+        return None
+    return None
+
+
+def _check_family(collected: Collected, family: str, named: str) -> None:
+    wrong = _other_family_rule(collected.text, family)
+    if wrong is None:
+        return
+    line, rule, address = wrong
+    other = IPV6 if family == IPV4 else IPV4
+    where = named if named.startswith('--') else named.replace('ruleset_files.' + family, 'ruleset_files.' + other)
+    fix = 'give it with {}'.format(_FILE_OPTIONS[other]) if named.startswith('--') else 'set it as {}'.format(where)
+    raise InvalidConfiguration(
+        '{origin} is not an {name} ruleset: line {line} ({rule}) has the {other_name} address {address}; it looks like '
+        '{save} output: {fix} instead of {named}'.format(
+            origin=collected.origin,
+            name=_FAMILY_NAMES[family],
+            line=line,
+            rule=printable(rule.strip()),
+            other_name=_FAMILY_NAMES[other],
+            address=address,
+            save='iptables-save' if other == IPV4 else 'ip6tables-save',
+            fix=fix,
+            named=named,
+        )
+    )
+
+
+def _read_saved(path: str, named: str, max_output_bytes: int) -> Collected:
+    if named.startswith('--'):
+        return _read_input(path)
+    return collected_text(read_file(path, max_output_bytes), path)
+
+
+# --------------------------------------------------------------------------- the human report
+
+
+_COLOURS = {
+    'OK': '32',
+    'WARNING': '33',
+    'CRITICAL': '31',
+    'UNKNOWN': '35',
+    NOT_APPLICABLE: '36',
+    'PASS': '32',
+    'PARTIAL': '33',
+    'FAIL': '31',
+}
+_STATUS_WORDS = '|'.join(re.escape(word) for word in _COLOURS)
+_HEADER = re.compile(r'^(\S+ \([^()]*\): )({})\b'.format(_STATUS_WORDS))
+_REQUIREMENT = re.compile(r'^(  \[)({})(\] )'.format(_STATUS_WORDS))
+_COUNT = re.compile(r'(\d+ )({})\b'.format(_STATUS_WORDS))
+
+
+def wants_colour(stream: IO[str], environ: Mapping[str, str]) -> bool:
+    """Colour on a terminal only, and never with NO_COLOR set (https://no-color.org) or TERM=dumb."""
+    if environ.get('NO_COLOR') or environ.get('TERM') == 'dumb':
+        return False
+    isatty = getattr(stream, 'isatty', None)
+    return bool(isatty and isatty())
+
+
+def _paint(word: str) -> str:
+    return '\033[1;{}m{}\033[0m'.format(_COLOURS[word], word)
+
+
+def colour(text: str) -> str:
+    """The human report with its statuses in colour (status lines, requirement tags, the summary)."""
+    lines = []
+    for line in text.split('\n'):
+        if _HEADER.match(line):
+            line = _HEADER.sub(lambda m: m.group(1) + _paint(m.group(2)), line, count=1)
+        elif _REQUIREMENT.match(line):
+            line = _REQUIREMENT.sub(lambda m: m.group(1) + _paint(m.group(2)) + m.group(3), line, count=1)
+        elif re.match(r'^\d+ rules?: ', line):
+            line = _COUNT.sub(lambda m: m.group(1) + _paint(m.group(2)), line)
+        lines.append(line)
+    return '\n'.join(lines)
+
+
+def _status_name(outcome: Outcome, partial: str) -> str:
+    if outcome.result is None:
+        return NOT_APPLICABLE
+    return STATUS_NAMES[service_check_status(outcome.result, partial)]
+
+
+def summary(outcomes: Sequence[Outcome], partial: str) -> str:
+    """``2 rules: 1 CRITICAL, 1 OK``: the worst first."""
+    names = [_status_name(outcome, partial) for outcome in outcomes]
+    order = [STATUS_NAMES[code] for code in sorted(STATUS_NAMES, reverse=True)] + [NOT_APPLICABLE]
+    counts = ['{} {}'.format(names.count(name), name) for name in order if name in names]
+    return '{} rule{}: {}'.format(len(names), '' if len(names) == 1 else 's', ', '.join(counts))
+
+
+def human(outcomes: Sequence[Outcome], partial: str) -> str:
+    parts = []
+    for outcome in outcomes:
+        parts.append(to_text(outcome, partial))
+        if outcome.result is None:
+            parts.append('  to evaluate it anyway: {} (or `applicability: always` in conf.yaml)\n'.format(EVALUATE_ANYWAY))
+    if os.geteuid() != 0 and any(o.result is not None and o.result.error for o in outcomes):
+        parts.append('hint: reading the firewall needs root (sudo loopback-traffic); to see a result without root: loopback-traffic --example compliant\n')
+    parts.append(summary(outcomes, partial) + '\n')
+    return ''.join(parts)
+
+
+def render(format_name: str, outcomes: Sequence[Outcome], partial: str, files: Mapping[str, str], code: int) -> str:
+    if format_name == 'json':
+        return json.dumps({'rules': [to_json(o, partial) for o in outcomes]}, indent=2) + '\n'
+    if format_name == 'junit':
+        return junit(outcomes, partial, files)
+    if format_name == 'sarif':
+        return sarif(outcomes, partial, files, code)
+    return human(outcomes, partial)
+
+
+def _write_file(path: str, text: str) -> None:
+    """The whole report or nothing: a CI step never reads half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(directory, '.{}.{}.tmp'.format(os.path.basename(path), os.getpid()))
+    try:
+        with open(temporary, 'w', encoding='utf-8') as report_file:
+            report_file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _prepare(arguments: argparse.Namespace) -> Tuple[Options, Dict[str, Tuple[Collected, Optional[str]]]]:
+    """The options and the saved rulesets to judge (family -> (collected, path of the file or None))."""
+    instance, set_by = _instance(arguments)
+    options = parse_options(instance)  # every option valid before anything is read
+    paths = _saved_paths(arguments, options.ruleset_files, arguments.config)
+    if not paths:
+        return options, {}
+    instance['families'] = _offline_families(instance, set_by, paths)
+    if instance.get('applicability') is None:
+        instance['applicability'] = 'always'  # this host's packages say nothing about a saved ruleset
+    options = parse_options(instance)
+    given: Dict[str, Tuple[Collected, Optional[str]]] = {}
+    for family in options.families:
+        path, named = paths[family]
+        collected = _read_saved(path, named, options.max_output_bytes)
+        _check_family(collected, family, named)
+        given[family] = (collected, None if path == '-' else path)
+    return options, given
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = build_parser().parse_args(argv)
     try:
-        instance = _instance(arguments)
-        files = _file_texts(arguments)
-        if files:
-            # Saved rulesets are judged as they are; this host's packages say nothing about them.
-            instance.setdefault('families', [family for family in FAMILIES if family in files])
-            instance.setdefault('applicability', 'always')
-        options = parse_options(instance)
-    except (InvalidConfiguration, OSError, ValueError) as error:
+        options, given = _prepare(arguments)
+    except (InvalidConfiguration, CollectionError, OSError, ValueError) as error:
         print('loopback-traffic: {}'.format(error), file=sys.stderr)
         return USAGE_ERROR
     checker = ApplicabilityChecker(options)
-    outcomes = [run_rule(options, family, checker, files.get(family)) for family in options.families]
+    outcomes = [run_rule(options, family, checker, given[family][0] if family in given else None) for family in options.families]
     statuses = [service_check_status(o.result, options.partial) for o in outcomes if o.result is not None]
+    code = max(statuses, default=OK)
+    files = {family: path for family, (_, path) in given.items() if path is not None}
+    if arguments.output and arguments.output != '-':
+        try:
+            _write_file(arguments.output, render(arguments.format, outcomes, options.partial, files, code))
+        except OSError as error:
+            print('loopback-traffic: cannot write {}: {}'.format(arguments.output, error.strerror or error), file=sys.stderr)
+            return USAGE_ERROR
+        shown = 'text'
+    else:
+        shown = arguments.format
+    text = render(shown, outcomes, options.partial, files, code)
+    if shown == 'text' and wants_colour(sys.stdout, os.environ):
+        text = colour(text)
     try:
-        if arguments.json:
-            print(json.dumps({'rules': [to_json(o, options.partial) for o in outcomes]}, indent=2))
-        else:
-            sys.stdout.write(''.join(to_text(o, options.partial) for o in outcomes))
-            if os.geteuid() != 0 and any(o.result is not None and o.result.error for o in outcomes):
-                print('hint: reading the firewall needs root (sudo loopback-traffic); to see a result without root: loopback-traffic --example compliant')
+        sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (e.g. | head): nothing more to say
-    return max(statuses, default=OK) if statuses else OK
+    return code

@@ -314,7 +314,7 @@ def test_json_of_both_families(capsys, write):
 def test_human_output_of_the_misordered_example(capsys):
     _, out, _ = run(['--example', 'misordered'], capsys)
     block = report_lines(out, V4_HEADER)
-    assert block == out.splitlines()  # one rule, nothing else printed
+    assert block + ['1 rule: 1 CRITICAL'] == out.splitlines()  # one rule and the summary, nothing else printed
     assert block[0] == V4_HEADER + ': CRITICAL'
     accept = requirement_block(block, 'input_accept_lo')
     assert accept[0].startswith('  [FAIL] input_accept_lo: ')
@@ -379,13 +379,23 @@ def test_command_line_options_override_the_config(capsys, write):
 
 
 def test_config_ruleset_files_with_package_applicability(capsys, write, tmp_path):
-    """ruleset_files from a conf.yaml keep the instance's applicability (here decided from a fabricated dpkg file)."""
+    """ruleset_files from a conf.yaml are judged as they are: this host's packages (here a fabricated dpkg
+    file with ufw) make them not applicable only where the instance sets `applicability: auto` itself."""
     status = write('status', 'Package: iptables\nStatus: install ok installed\n\nPackage: ufw\nStatus: install ok installed\n')
-    path = write_config(write, {'families': ['ipv4'], 'dpkg_status_file': status, 'ruleset_files': {'ipv4': write('v4', MISORDERED_V4)}})
+    rules = write('v4', MISORDERED_V4)
+    path = write_config(write, {'families': ['ipv4'], 'dpkg_status_file': status, 'ruleset_files': {'ipv4': rules}})
     code, out, _ = run(['--config', path], capsys)
+    assert code == 2 and report_lines(out, V4_HEADER)[0] == V4_HEADER + ': CRITICAL'
+    assert 'NOT APPLICABLE' not in out
+    auto = write_config(write, {'families': ['ipv4'], 'applicability': 'auto', 'dpkg_status_file': status, 'ruleset_files': {'ipv4': rules}}, name='auto.yaml')
+    code, out, _ = run(['--config', auto], capsys)
     assert code == 0
-    assert out == '{}: NOT APPLICABLE - not applicable: ufw installed (the rule applies to hosts managed with iptables only)\n'.format(V4_HEADER)
-    code, out, _ = run(['--config', path, '--applicability', 'always'], capsys)
+    assert out.splitlines() == [
+        '{}: NOT APPLICABLE - not applicable: ufw installed (the rule applies to hosts managed with iptables only)'.format(V4_HEADER),
+        '  to evaluate it anyway: --applicability always (or `applicability: always` in conf.yaml)',
+        '1 rule: 1 NOT APPLICABLE',
+    ]
+    code, out, _ = run(['--config', auto, '--applicability', 'always'], capsys)
     assert code == 2 and report_lines(out, V4_HEADER)[0].endswith(': CRITICAL')
 
 
@@ -590,8 +600,9 @@ def test_without_root_the_kernel_refuses_to_show_its_ruleset(nobody):
         [reason] = [line for line in block if line.startswith('  could not evaluate: ')]
         assert 'reading nf_tables over netlink was refused' in reason and 'CAP_NET_ADMIN' in reason
         assert 'use_sudo' in reason  # what to do about it
-    hint = done.stdout.splitlines()[-1]
+    *_, hint, last = done.stdout.splitlines()
     assert hint.startswith('hint: ') and 'root' in hint and '--example compliant' in hint
+    assert last == '2 rules: 2 UNKNOWN'
 
 
 def test_without_root_the_examples_still_work(nobody):
@@ -625,7 +636,14 @@ def test_package_applicability_of_this_host(capsys):
     code, out, err = run([], capsys)
     assert code == 0, out + err
     reason = 'not applicable: {} installed (the rule applies to hosts managed with iptables only)'.format(' and '.join(blockers))
-    assert out == '{}: NOT APPLICABLE - {}\n{}: NOT APPLICABLE - {}\n'.format(V4_HEADER, reason, V6_HEADER, reason)
+    anyway = '  to evaluate it anyway: --applicability always (or `applicability: always` in conf.yaml)'
+    assert out.splitlines() == [
+        '{}: NOT APPLICABLE - {}'.format(V4_HEADER, reason),
+        anyway,
+        '{}: NOT APPLICABLE - {}'.format(V6_HEADER, reason),
+        anyway,
+        '2 rules: 2 NOT APPLICABLE',
+    ]
     code, out, _ = run(['--json'], capsys)
     assert code == 0
     for rule in json.loads(out)['rules']:
@@ -663,3 +681,270 @@ def test_help_documents_the_exit_codes(capsys):
         main(['--help'])
     assert exited.value.code == 0
     assert '0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN' in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the CLI as a CI gate: saved rulesets are judged alone
+
+NO_ADDRESSES = filter_table('-A INPUT -i lo -j ACCEPT', '-A OUTPUT -o lo -j ACCEPT')
+
+
+def test_a_family_asked_for_without_its_file_is_an_error_not_a_live_read(capsys, write):
+    # ipv6 has no saved ruleset: the live one (here a save command that does not exist) is never read.
+    path = write_config(
+        write,
+        {'families': ['ipv4', 'ipv6'], 'collection': 'save', 'ip6tables_save_command': ['/nonexistent/ip6tables-save'], 'ruleset_files': {'ipv4': write('v4', CIS_V4)}},
+    )
+    code, out, err = run(['--config', path], capsys)
+    assert (code, out) == (3, '')
+    assert err.startswith('loopback-traffic: ipv6 is to be evaluated (`families` in {})'.format(path))
+    assert 'add --ip6tables-save FILE' in err and '--families ipv4' in err and "never completed with this host's live ruleset" in err
+    assert '/nonexistent' not in err and err.count('\n') == 1
+
+
+def test_a_family_asked_for_on_the_command_line_without_its_file(capsys, write):
+    code, out, err = run(['--iptables-save', write('v4', CIS_V4), '--families', 'ipv4,ipv6'], capsys)
+    assert (code, out) == (3, '')
+    assert 'ipv6 is to be evaluated (--families)' in err and '--ip6tables-save FILE' in err
+    code, out, err = run(['--example', 'compliant', '--families', 'ipv6'], capsys)
+    assert (code, out) == (3, '') and 'ipv6 is to be evaluated (--families)' in err
+
+
+def test_a_file_for_a_family_left_out_is_an_error(capsys, write):
+    code, out, err = run(['--iptables-save', write('v4', CIS_V4), '--ip6tables-save', write('v6', CIS_V6), '--families', 'ipv4'], capsys)
+    assert (code, out) == (3, '')
+    assert '--ip6tables-save gives a saved IPv6 ruleset but --families leaves ipv6 out' in err
+
+
+def test_without_families_the_families_with_a_file_are_judged(capsys, write):
+    path = write_config(write, {'ruleset_files': {'ipv6': write('v6', MISORDERED_V6)}})
+    code, out, _ = run(['--config', path, '--json'], capsys)
+    assert code == 2
+    [rule] = json.loads(out)['rules']
+    assert rule['family'] == 'ipv6' and rule['sources'] == [os.path.join(os.path.dirname(path), 'v6')]
+    assert rule['applicability'] == 'evaluated regardless (applicability: always)'
+
+
+def test_command_line_files_join_and_override_the_configured_ones(capsys, write):
+    path = write_config(write, {'ruleset_files': {'ipv4': write('bad-v4', MISORDERED_V4), 'ipv6': write('v6', CIS_V6)}})
+    good = write('good-v4', CIS_V4)
+    code, out, _ = run(['--config', path, '--iptables-save', good, '--json'], capsys)
+    assert code == 0
+    assert [(r['family'], r['sources'], r['status']) for r in json.loads(out)['rules']] == [
+        ('ipv4', [good], 'OK'),
+        ('ipv6', [os.path.join(os.path.dirname(path), 'v6')], 'OK'),
+    ]
+
+
+def test_a_missing_configured_file_is_a_usage_error(capsys, write, tmp_path):
+    missing = str(tmp_path / 'rules.v4')
+    code, out, err = run(['--config', write_config(write, {'ruleset_files': {'ipv4': missing}})], capsys)
+    assert (code, out) == (3, '')
+    assert 'saved ruleset {} does not exist (option `ruleset_files`)'.format(missing) in err
+
+
+def test_saved_files_are_not_made_not_applicable_by_this_hosts_packages(capsys, write):
+    status = write('status', 'Package: iptables\nStatus: install ok installed\n\nPackage: nftables\nStatus: install ok installed\n')
+    config = write_config(write, {'dpkg_status_file': status})
+    rules = write('v4', MISORDERED_V4)
+    code, out, _ = run(['--config', config, '--iptables-save', rules], capsys)
+    assert code == 2 and report_lines(out, V4_HEADER)[0] == V4_HEADER + ': CRITICAL'
+    # Asked for explicitly, this host's packages decide, and the report says how to evaluate anyway.
+    code, out, _ = run(['--config', config, '--iptables-save', rules, '--applicability', 'auto'], capsys)
+    assert code == 0
+    block = report_lines(out, V4_HEADER)
+    assert block[0] == V4_HEADER + ': NOT APPLICABLE - not applicable: nftables installed (the rule applies to hosts managed with iptables only)'
+    assert block[1] == '  to evaluate it anyway: --applicability always (or `applicability: always` in conf.yaml)'
+    assert out.splitlines()[-1] == '1 rule: 1 NOT APPLICABLE'
+
+
+@pytest.mark.parametrize(
+    'extra, named',
+    [
+        (['--iptables-save', 'FILE'], '--iptables-save'),
+        (['--ip6tables-save', 'FILE'], '--ip6tables-save'),
+        (['--config', 'CONFIG'], '`ruleset_files` in '),
+    ],
+    ids=['iptables-save', 'ip6tables-save', 'ruleset_files'],
+)
+def test_example_with_a_file_is_refused(capsys, write, extra, named):
+    rules = write('rules', CIS_V4)
+    extra = [rules if word == 'FILE' else write_config(write, {'ruleset_files': {'ipv4': rules}}) if word == 'CONFIG' else word for word in extra]
+    code, out, err = run(['--example', 'compliant'] + extra, capsys)
+    assert (code, out) == (3, '')
+    assert err.startswith('loopback-traffic: --example evaluates a bundled ruleset on its own: drop ' + named)
+
+
+# --------------------------------------------------------------------------- an IPv4 file as the IPv6 ruleset, and vice versa
+
+
+def test_an_ipv4_file_given_as_the_ipv6_ruleset_is_refused(capsys, write):
+    path = write('rules.v4', CIS_V4)
+    code, out, err = run(['--ip6tables-save', path], capsys)
+    assert (code, out) == (3, '')
+    assert err.startswith('loopback-traffic: {} is not an IPv6 ruleset: line '.format(path))
+    assert 'has the IPv4 address 127.0.0.0/8' in err and 'iptables-save output: give it with --iptables-save instead of --ip6tables-save' in err
+
+
+def test_an_ipv6_file_given_as_the_ipv4_ruleset_is_refused(capsys, write):
+    path = write('rules.v6', CIS_V6)
+    code, out, err = run(['--iptables-save', path], capsys)
+    assert (code, out) == (3, '')
+    assert '{} is not an IPv4 ruleset'.format(path) in err and 'the IPv6 address ::1/128' in err
+    assert 'give it with --ip6tables-save instead of --iptables-save' in err
+
+
+def test_the_bundled_ipv4_example_as_the_ipv6_ruleset_is_refused():
+    example = os.path.join(ROOT, 'loopback_traffic', 'data', 'examples', 'misordered.rules')
+    done = run_process(['--ip6tables-save', example])
+    assert done.returncode == 3 and done.stdout == ''
+    assert 'is not an IPv6 ruleset: line 6 (-A INPUT -s 127.0.0.0/8 -j DROP)' in done.stderr and 'Traceback' not in done.stderr
+
+
+def test_swapped_configured_files_are_refused(capsys, write):
+    v4, v6 = write('rules.v4', CIS_V4), write('rules.v6', CIS_V6)
+    path = write_config(write, {'ruleset_files': {'ipv4': v6, 'ipv6': v4}})
+    code, out, err = run(['--config', path], capsys)
+    assert (code, out) == (3, '')
+    assert '{} is not an IPv4 ruleset'.format(v6) in err
+    assert 'set it as `ruleset_files.ipv6` in {} instead of `ruleset_files.ipv4` in {}'.format(path, path) in err
+
+
+def test_the_family_check_reads_addresses_only(capsys, write):
+    # No address in the rules: either family accepts it; a comment naming an address is not an address.
+    commented = filter_table('-A INPUT -i lo -m comment --comment "not 127.0.0.1 nor ::1" -j ACCEPT', '-A OUTPUT -o lo -j ACCEPT')
+    code, _, err = run(['--iptables-save', write('a', NO_ADDRESSES), '--ip6tables-save', write('b', commented)], capsys)
+    assert err == '' and code in (0, 1, 2)
+    code, _, err = run(['--ip6tables-save', write('c', filter_table('-A INPUT -m iprange --src-range 127.0.0.1-127.0.0.9 -j DROP'))], capsys)
+    assert code == 3 and 'the IPv4 address 127.0.0.1' in err
+
+
+# --------------------------------------------------------------------------- --version, the summary, colour, --format, --output
+
+
+def test_version(capsys):
+    from datadog_checks.loopback_traffic.__about__ import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(['--version'])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == 'loopback-traffic {}\n'.format(__version__)
+    done = run_process(['--version'])
+    assert (done.returncode, done.stdout) == (0, 'loopback-traffic {}\n'.format(__version__))
+
+
+@pytest.mark.parametrize(
+    'files, code, last',
+    [
+        ({'--iptables-save': CIS_V4, '--ip6tables-save': MISORDERED_V6}, 2, '2 rules: 1 CRITICAL, 1 OK'),
+        ({'--iptables-save': MISORDERED_V4, '--ip6tables-save': MISORDERED_V6}, 2, '2 rules: 2 CRITICAL'),
+        ({'--iptables-save': ERROR_TEXT, '--ip6tables-save': CIS_V6}, 3, '2 rules: 1 UNKNOWN, 1 OK'),
+        ({'--ip6tables-save': CIS_V6}, 0, '1 rule: 1 OK'),
+    ],
+)
+def test_the_human_report_ends_with_a_one_line_summary(capsys, write, files, code, last):
+    argv = [word for option, text in files.items() for word in (option, write(option.strip('-'), text))]
+    got, out, _ = run(argv, capsys)
+    assert got == code
+    assert out.splitlines()[-1] == last
+    assert out.count(' rule') and not any(line.startswith(('1 rule', '2 rules')) for line in out.splitlines()[:-1])
+
+
+def test_ufw_summary_with_the_partial_option(capsys):
+    assert run(['--example', 'ufw'], capsys)[1].splitlines()[-1] == '1 rule: 1 WARNING'
+    assert run(['--example', 'ufw', '--partial', 'ok'], capsys)[1].splitlines()[-1] == '1 rule: 1 OK'
+
+
+def _in_a_terminal(argv, **environment):
+    """Run the CLI with its standard output on a pseudo-terminal: (exit code, what it printed)."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ('NO_COLOR', 'TERM')}
+    env.update({'TERM': 'xterm', **environment})
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'datadog_checks.loopback_traffic'] + argv, stdout=slave, stderr=subprocess.PIPE, cwd=ROOT, env=env
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return process.wait(timeout=120), b''.join(chunks).decode()
+
+
+def test_colour_on_a_terminal_only():
+    code, shown = _in_a_terminal(['--example', 'misordered'])
+    assert code == 2
+    assert '\033[1;31mCRITICAL\033[0m' in shown and '[\033[1;31mFAIL\033[0m]' in shown and '[\033[1;32mPASS\033[0m]' in shown
+    assert shown.rstrip().splitlines()[-1] == '1 rule: 1 \033[1;31mCRITICAL\033[0m'
+    # Rule texts are left as they are.
+    assert '-A INPUT -s 127.0.0.0/8 -j DROP' in shown
+    # Piped: no colour (the other tests read the plain text).
+    done = run_process(['--example', 'misordered'])
+    assert '\033' not in done.stdout
+
+
+@pytest.mark.parametrize('environment', [{'NO_COLOR': '1'}, {'TERM': 'dumb'}])
+def test_no_colour_with_no_color_or_a_dumb_terminal(environment):
+    code, shown = _in_a_terminal(['--example', 'ufw'], **environment)
+    assert code == 1 and 'WARNING' in shown and '\033' not in shown
+
+
+def test_no_colour_in_machine_formats_on_a_terminal():
+    for format_name in ('json', 'junit', 'sarif'):
+        code, shown = _in_a_terminal(['--example', 'misordered', '--format', format_name])
+        assert code == 2 and '\033' not in shown
+
+
+def test_wants_colour():
+    from datadog_checks.loopback_traffic.cli import wants_colour
+
+    class Terminal:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    assert wants_colour(Terminal(True), {'TERM': 'xterm'})
+    assert wants_colour(Terminal(True), {'NO_COLOR': ''})  # https://no-color.org: set and not empty
+    assert not wants_colour(Terminal(True), {'NO_COLOR': '1'})
+    assert not wants_colour(Terminal(True), {'TERM': 'dumb'})
+    assert not wants_colour(Terminal(False), {})
+    assert not wants_colour(object(), {})
+
+
+def test_format_json_and_its_json_alias(capsys):
+    _, by_format, _ = run(['--example', 'ufw', '--format', 'json'], capsys)
+    _, by_alias, _ = run(['--example', 'ufw', '--json'], capsys)
+    strip = lambda text: [dict(rule, duration_seconds=0) for rule in json.loads(text)['rules']]  # noqa: E731
+    assert strip(by_format) == strip(by_alias)
+    done = run_process(['--example', 'ufw', '--json', '--format', 'junit'])
+    assert done.returncode == 3 and 'not allowed with argument' in done.stderr
+
+
+def test_output_file_gets_the_format_and_standard_output_the_human_report(capsys, tmp_path):
+    target = tmp_path / 'report.json'
+    code, out, err = run(['--example', 'misordered', '--format', 'json', '--output', str(target)], capsys)
+    assert code == 2 and err == ''
+    assert json.loads(target.read_text())['rules'][0]['status'] == 'CRITICAL'
+    assert out.splitlines()[0] == V4_HEADER + ': CRITICAL' and out.splitlines()[-1] == '1 rule: 1 CRITICAL'
+    assert [p.name for p in tmp_path.iterdir()] == ['report.json']  # no temporary file left
+
+
+def test_output_dash_is_standard_output(capsys):
+    code, out, _ = run(['--example', 'compliant', '--format', 'json', '--output', '-'], capsys)
+    assert code == 0 and json.loads(out)['rules'][0]['status'] == 'OK'
+
+
+def test_output_file_that_cannot_be_written_is_a_usage_error(capsys, tmp_path):
+    target = tmp_path / 'no-such-directory' / 'report.xml'
+    code, out, err = run(['--example', 'compliant', '--format', 'junit', '--output', str(target)], capsys)
+    assert (code, out) == (3, '')
+    assert err.startswith('loopback-traffic: cannot write {}: '.format(target))
