@@ -77,14 +77,14 @@ def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[
         return last, {key: last.rules[key] for key in last.rules}
     tables = tuple(table for table in reader.tables() if table.family in _PACKET_FAMILIES and not table.dormant)
     names = {(table.family, table.name) for table in tables}
-    chains = tuple(chain for chain in reader.chains() if (chain.family, chain.table) in names)
-    read = {
-        (c.family, c.table, c.name): tuple(reader.rules(c.family, c.table, c.name)) for c in chains if c.is_base and c.hook != 'forward'
-    }
+    base_chains, every_chain = reader.chain_index()
+    chains = tuple(chain for chain in base_chains if (chain.family, chain.table) in names)
+    read = {(c.family, c.table, c.name): tuple(reader.rules(c.family, c.table, c.name)) for c in chains if c.hook != 'forward'}
     sets: Dict[Tuple[str, str, str], KernelSet] = {}
     for family, table in sorted({(key[0], key[1]) for key in read}):
         sets.update(_read_sets(reader, family, table))
-    return KernelRuleset(generation, tables, chains, {}, sets), read
+    chain_names = frozenset(key for key in every_chain if (key[0], key[1]) in names)
+    return KernelRuleset(generation, tables, chains, {}, sets, chain_names), read
 
 
 def _read_sets(reader: NetlinkReader, family: str, table: str) -> Iterable[Tuple[Tuple[str, str, str], KernelSet]]:
@@ -98,8 +98,7 @@ def _read_walking(reader: NetlinkReader, cache: KernelCache, walk: Walk) -> Tupl
     generation id is the same before and after (``read_consistent`` checks it)."""
     generation = reader.generation()
     start, read = _start(reader, cache, generation)
-    known = frozenset((chain.family, chain.table, chain.name) for chain in start.chains)
-    rules = ChainRules(read, lambda key: reader.rules(*key), known)
+    rules = ChainRules(read, lambda key: reader.rules(*key), start.chain_names)
     ruleset = replace(start, rules=rules)
     try:
         value = walk(ruleset)
@@ -142,8 +141,8 @@ def read_kernel(options: Options, cache: KernelCache, family: str, walk: Optiona
 
 
 def _every_chain(ruleset: KernelRuleset) -> None:
-    for chain in ruleset.chains:
-        ruleset.rules.get((chain.family, chain.table, chain.name))
+    for key in ruleset.chain_names:
+        ruleset.rules.get(key)
 
 
 # What iptables-nft-save and ip6tables-nft-save print on standard error beside legacy tables.

@@ -210,6 +210,15 @@ class Table:
         return self.chains.get(name)
 
     @property
+    def base_chains(self) -> Tuple[Chain, ...]:
+        """The chains attached to the packet path (without making the others, where they are made
+        when looked up)."""
+        listed = getattr(self.chains, 'base_chains', None)
+        if listed is not None:
+            return tuple(listed())
+        return tuple(chain for chain in self.chains.values() if chain.base is not None)
+
+    @property
     def rule_count(self) -> int:
         return sum(len(chain) for chain in self.chains.values())
 

@@ -21,7 +21,7 @@ import socket
 import struct
 import time
 from dataclasses import replace
-from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar
 
 from .nf_tables import (
     FAMILY_NAMES,
@@ -197,6 +197,8 @@ def _malformed(what: str, exc: Exception) -> NetlinkError:
     return NetlinkError('malformed netlink {}: {}'.format(what, exc))
 
 
+_NLA_HEADER = struct.Struct('=HH')
+
 # --------------------------------------------------------------------------- names
 
 
@@ -350,6 +352,29 @@ def parse_chain(family: int, attrs: bytes) -> KernelChain:
         )
     except MalformedAttributes as exc:
         raise _malformed('chain message', exc) from exc
+
+
+def _chain_identity(data: bytes, start: int, end: int, strings: Dict[bytes, str]) -> Tuple[str, str, bool]:
+    """(table, name, whether it is a base chain) of a chain message, without decoding the rest."""
+    table = name = ''
+    is_base = False
+    offset = start
+    try:
+        while offset + 4 <= end:
+            length, kind = _NLA_HEADER.unpack_from(data, offset)
+            if length < 4 or offset + length > end:
+                raise NetlinkError('malformed chain message: attribute of length {} at offset {}'.format(length, offset - start))
+            kind &= 0x3FFF
+            if kind == NFTA_CHAIN_TABLE:
+                table = strings[data[offset + 4 : offset + length]]
+            elif kind == NFTA_CHAIN_NAME:
+                name = strings[data[offset + 4 : offset + length]]
+            elif kind == NFTA_CHAIN_HOOK:
+                is_base = True
+            offset += (length + 3) & ~3
+    except struct.error as exc:
+        raise _malformed('chain message', exc) from exc
+    return table, name, is_base
 
 
 class _Names(dict):  # type: ignore[type-arg]
@@ -590,6 +615,26 @@ class NetlinkReader:
 
         self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, family=_family(family), what='listing the chains')
         return found
+
+    def chain_index(self) -> Tuple[List[KernelChain], Set[Tuple[str, str, str]]]:
+        """Every chain's (family, table, name), and the base chains in full: on a Kubernetes node the
+        tens of thousands of service chains cost a name each."""
+        base: List[KernelChain] = []
+        names: Set[Tuple[str, str, str]] = set()
+        strings = _Names()
+        families: Dict[int, str] = {}
+
+        def handle(number: int, data: bytes, start: int, end: int) -> None:
+            family = families.get(number)
+            if family is None:
+                family = families[number] = family_name(number)
+            table, name, is_base = _chain_identity(data, start, end, strings)
+            names.add((family, table, name))
+            if is_base:
+                base.append(parse_chain(number, data[start:end]))
+
+        self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, what='listing the chains')
+        return base, names
 
     def rules(self, family: str, table: str, chain: Optional[str] = None) -> List[KernelRule]:
         """The rules of one table (or one chain of it), in order; the kernel does the filtering.

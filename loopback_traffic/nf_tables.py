@@ -305,14 +305,21 @@ class LazyRules(Sequence[KernelRule]):
 
 @dataclass(frozen=True)
 class KernelRuleset:
-    """What was read in one generation: the tables, the chains, the rules of the chains that were
-    asked for (a chain whose rules were not read has no entry in ``rules``), and the sets."""
+    """What was read in one generation: the tables, the chains (in full, or the base chains in full
+    and every chain's name in ``chain_names``), the rules of the chains that were asked for (a chain
+    whose rules were not read has no entry in ``rules``), and the sets."""
 
     generation: int
     tables: Tuple[KernelTable, ...] = ()
     chains: Tuple[KernelChain, ...] = ()
     rules: Mapping[Tuple[str, str, str], Tuple[KernelRule, ...]] = field(default_factory=dict)  # (family, table, chain)
     sets: Mapping[Tuple[str, str, str], KernelSet] = field(default_factory=dict)  # (family, table, set name)
+    chain_names: FrozenSet[ChainKey] = frozenset()  # every chain, where ``chains`` holds the base chains only
 
     def chains_of(self, family: str, table: str) -> Tuple[KernelChain, ...]:
         return tuple(chain for chain in self.chains if chain.family == family and chain.table == table)
+
+    def has_chain(self, key: ChainKey) -> bool:
+        if self.chain_names:
+            return key in self.chain_names
+        return any((chain.family, chain.table, chain.name) == key for chain in self.chains)

@@ -19,7 +19,7 @@ import struct
 import sys
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import model
 from .model import JUMP, STATEMENT, BaseChain, Chain, Match, Option, Rule, Table, Target
@@ -122,6 +122,50 @@ def decode_tables(kernel: KernelRuleset, family: str, cache: Optional[DecodeCach
     return tuple(_decode_table(kernel, table.name, family, table.dormant, cache) for table in kernel.tables if table.family == family)
 
 
+class _Chains(Mapping[str, Chain]):
+    """A table's chains: its base chains, and every other chain made when it is first looked up (a
+    Kubernetes node's nat table has tens of thousands of chains; a walk enters few of them)."""
+
+    def __init__(self, kernel: KernelRuleset, family: str, table: str, base: Dict[str, Chain], parse_rule: Callable[[KernelRule], DecodedRule]) -> None:
+        self._kernel = kernel
+        self._family = family
+        self._table = table
+        self._base = base
+        self._parse_rule = parse_rule
+        self._made: Dict[str, Optional[Chain]] = {}
+
+    def __getitem__(self, name: str) -> Chain:
+        found = self._base.get(name)
+        if found is None:
+            if name in self._made:
+                found = self._made[name]
+            else:
+                found = self._made[name] = self._make(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def _make(self, name: str) -> Optional[Chain]:
+        key = (self._family, self._table, name)
+        if not self._kernel.has_chain(key):
+            return None
+        rules = _rules_of(self._kernel, key)
+        return Chain(name, None, rules, self._parse_rule) if rules is not None else None
+
+    def __iter__(self) -> Iterator[str]:
+        names = self._kernel.chain_names or frozenset((c.family, c.table, c.name) for c in self._kernel.chains)
+        return iter(sorted(name for family, table, name in names if (family, table) == (self._family, self._table) and name in self))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def base_chains(self) -> Tuple[Chain, ...]:
+        return tuple(self._base.values())
+
+
 def _decode_table(kernel: KernelRuleset, name: str, family: str, dormant: bool, cache: Optional[DecodeCache]) -> Table:
     kernel_chains = kernel.chains_of(family, name)
     iptables = is_iptables_table(family, name, kernel_chains)
@@ -132,18 +176,17 @@ def _decode_table(kernel: KernelRuleset, name: str, family: str, dormant: bool, 
             return cache.decode(raw, sets, family, iptables)
         return decode_rule(raw, sets, family, iptables=iptables)
 
-    chains: Dict[str, Chain] = {}
+    base: Dict[str, Chain] = {}
     for chain in kernel_chains:
+        if not chain.is_base:
+            continue
         rules = _rules_of(kernel, (family, name, chain.name))
         if rules is None:
             continue
-        if chain.is_base:
-            policy = (chain.policy or 'accept').upper()
-            base: Optional[BaseChain] = BaseChain(chain.hook or '', chain.priority or 0, chain.type or 'filter', tuple(chain.devices))
-        else:
-            policy, base = None, None
-        chains[chain.name] = Chain(chain.name, policy, rules, parse_rule, base=base)
-    return Table(name, MappingProxyType(chains), family=family, dormant=dormant, native=not iptables)
+        policy = (chain.policy or 'accept').upper()
+        hooked = BaseChain(chain.hook or '', chain.priority or 0, chain.type or 'filter', tuple(chain.devices))
+        base[chain.name] = Chain(chain.name, policy, rules, parse_rule, base=hooked)
+    return Table(name, _Chains(kernel, family, name, base, parse_rule), family=family, dormant=dormant, native=not iptables)
 
 
 def _rules_of(kernel: KernelRuleset, key: ChainKey) -> Optional[Sequence[KernelRule]]:
