@@ -1,15 +1,28 @@
 """How a rule's match relates to a packet class: it matches none, all or some of its packets.
 
-Spec section 2, "Walking one chain". Pure: no I/O.
+Spec section 2, "Walking one chain": the relation is computed from what the class is known to be at
+that point of the walk (its interfaces, addresses, and the marks and conntrack state that earlier
+rules set for all of it), not from the rule alone. Each match module has one entry in
+:data:`MODULES`; both front-ends (iptables text, nf_tables expressions) give the same vocabulary.
+Pure: no I/O.
 """
 from __future__ import annotations
 
 import enum
 import ipaddress
-from typing import Iterable, Optional
+from dataclasses import replace
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .model import Match, Option, Rule
-from .requirements import IPNetwork, Interfaces, PacketClass
+from .model import Match, Option, Rule, Target
+from .requirements import (
+    CT_UNATTACHED,
+    CT_UNTRACKED,
+    LOOPBACK_INTERFACE,
+    Bits,
+    Interfaces,
+    IPNetwork,
+    PacketClass,
+)
 
 
 class Relation(enum.Enum):
@@ -20,8 +33,6 @@ class Relation(enum.Enum):
 
 NONE, SOME, ALL = Relation.NONE, Relation.SOME, Relation.ALL
 
-# Matches that every packet satisfies whatever their options.
-_ALWAYS_MATCHING_MODULES = frozenset({'comment'})
 _ANY_PROTOCOL = frozenset({'all', '0'})
 
 
@@ -31,6 +42,38 @@ def _invert(relation: Relation) -> Relation:
     if relation is NONE:
         return ALL
     return SOME
+
+
+def _negated(option: Option, relation: Relation) -> Relation:
+    return _invert(relation) if option.negated else relation
+
+
+def _truth(value: Optional[bool]) -> Relation:
+    return SOME if value is None else (ALL if value else NONE)
+
+
+def _conjunction(relations: Iterable[Relation]) -> Relation:
+    """All conditions of a rule must hold: NONE if one can never hold, ALL if every one always does."""
+    result = ALL
+    for relation in relations:
+        if relation is NONE:
+            return NONE
+        if relation is SOME:
+            result = SOME
+    return result
+
+
+def _disjunction(relations: Iterable[Relation]) -> Relation:
+    """Any of several values matches (``-s a,b``, a set's elements)."""
+    found = list(relations)
+    if not found:
+        return SOME
+    if ALL in found:
+        return ALL
+    return NONE if all(relation is NONE for relation in found) else SOME
+
+
+# --- addresses and interfaces ------------------------------------------------------------------------
 
 
 def _parse_network(text: str, family_of: IPNetwork) -> Optional[IPNetwork]:
@@ -43,21 +86,27 @@ def _parse_network(text: str, family_of: IPNetwork) -> Optional[IPNetwork]:
     return network
 
 
+def _networks(values: Sequence[str], family_of: IPNetwork) -> Optional[List[IPNetwork]]:
+    """The networks of ``-s``/``-d`` value(s); None when one cannot be read as a prefix."""
+    networks = []
+    for text in ','.join(values).split(','):
+        network = _parse_network(text, family_of)
+        if network is None:
+            return None  # a host name or a non-contiguous mask: cannot tell
+        networks.append(network)
+    return networks
+
+
 def _address_relation(values: tuple, packets: Optional[IPNetwork], family_of: IPNetwork) -> Relation:
     """``-s``/``-d`` value(s) against the class's addresses (``packets`` None: any address); several
     values (``-s a,b``, or a set's elements) match when any does."""
     if not values:
         return SOME
-    networks = []
-    for text in ','.join(values).split(','):
-        network = _parse_network(text, family_of)
-        if network is None:
-            return SOME  # a host name or a non-contiguous mask: cannot tell
-        networks.append(network)
-    if packets is None:
-        if any(network.prefixlen == 0 for network in networks):
-            return ALL
+    networks = _networks(values, family_of)
+    if networks is None:
         return SOME
+    if packets is None:
+        return ALL if any(network.prefixlen == 0 for network in networks) else SOME
     if any(packets.subnet_of(network) for network in networks):  # type: ignore[arg-type]
         return ALL
     if all(not packets.overlaps(network) for network in networks):  # type: ignore[arg-type]
@@ -79,26 +128,16 @@ def _interface_relation(pattern: str, packets: Interfaces) -> Relation:
     return NONE if prefix == packets.name else SOME
 
 
-def _any_interface_relation(patterns: Iterable[str], packets: Interfaces) -> Relation:
-    """Several interface patterns (a set of names): the rule matches when any does."""
-    relations = [_interface_relation(pattern, packets) for pattern in patterns]
-    if not relations:
-        return SOME
-    if ALL in relations:
-        return ALL
-    return NONE if all(relation is NONE for relation in relations) else SOME
-
-
-def _option_relation(option: Option, packets: PacketClass) -> Relation:
+def _builtin_option(option: Option, packets: PacketClass) -> Relation:
     name, values = option.name, option.values
     if name == '-s':
         relation = _address_relation(values, packets.source, packets.source)
     elif name == '-d':
         relation = _address_relation(values, packets.destination, packets.source)
     elif name == '-i':
-        relation = _any_interface_relation(values, packets.in_interface)
+        relation = _disjunction(_interface_relation(pattern, packets.in_interface) for pattern in values)
     elif name == '-o':
-        relation = _any_interface_relation(values, packets.out_interface)
+        relation = _disjunction(_interface_relation(pattern, packets.out_interface) for pattern in values)
     elif name == '--nfproto' and len(values) == 1:
         # The packet's family (inet tables): the class's addresses tell it.
         relation = ALL if values[0] == 'ipv{}'.format(packets.source.version) else NONE
@@ -106,28 +145,309 @@ def _option_relation(option: Option, packets: PacketClass) -> Relation:
         relation = ALL if values[0].lower() in _ANY_PROTOCOL else SOME
     else:
         return SOME  # -f, options of implicitly loaded matches (--dport), anything else
-    return _invert(relation) if option.negated else relation
+    return _negated(option, relation)
 
 
-def _conjunction(relations: Iterable[Relation]) -> Relation:
-    """All conditions of a rule must hold: NONE if one can never hold, ALL if every one always does."""
-    result = ALL
-    for relation in relations:
-        if relation is NONE:
-            return NONE
-        if relation is SOME:
-            result = SOME
-    return result
+def _builtin(match: Match, packets: PacketClass) -> Relation:
+    return _conjunction(_builtin_option(option, packets) for option in match.options)
+
+
+# --- match modules -------------------------------------------------------------------------------------
+
+
+def _always(match: Match, packets: PacketClass) -> Relation:
+    return ALL
+
+
+def _arrives_on_lo(packets: PacketClass) -> bool:
+    return packets.in_interface == Interfaces(LOOPBACK_INTERFACE)
+
+
+def _uses_lo_only(packets: PacketClass) -> bool:
+    """Packets that arrive on lo or leave through it: never bridged."""
+    return _arrives_on_lo(packets) or packets.out_interface == Interfaces(LOOPBACK_INTERFACE)
+
+
+_LOOPBACK_NETWORKS = {4: ipaddress.ip_network('127.0.0.0/8'), 6: ipaddress.ip_network('::1/128')}
+
+
+def _address_type(types: Sequence[str], addresses: Optional[IPNetwork]) -> Relation:
+    """Addresses of the loopback network are of type LOCAL (the local routing table routes them to lo)."""
+    if addresses is None or not addresses.subnet_of(_LOOPBACK_NETWORKS[addresses.version]):  # type: ignore[arg-type]
+        return SOME
+    names = {name.strip().upper() for name in ','.join(types).split(',')}
+    return ALL if 'LOCAL' in names else NONE
+
+
+def _addrtype(match: Match, packets: PacketClass) -> Relation:
+    relations = []
+    for option in match.options:
+        if option.name == '--src-type':
+            relation = _address_type(option.values, packets.source)
+        elif option.name == '--dst-type':
+            relation = _address_type(option.values, packets.destination)
+        else:
+            return SOME  # --limit-iface-in/out: the type is looked up on one interface only
+        relations.append(_negated(option, relation))
+    return _conjunction(relations) if relations else SOME
+
+
+def _rpfilter(match: Match, packets: PacketClass) -> Relation:
+    """Packets arriving on lo pass the reverse-path test; a loopback-sourced packet arriving elsewhere
+    fails it (its source routes to lo), unless --accept-local and --loose together let it pass.
+    ``--invert`` (native ``fib saddr . iif oif missing``) matches those that fail."""
+    flags = {option.name for option in match.options}
+    if flags - {'--invert', '--loose', '--accept-local', '--validmark'}:
+        return SOME
+    if _arrives_on_lo(packets):
+        passes = True
+    elif packets.in_interface.all_but and packets.in_interface.name == LOOPBACK_INTERFACE:
+        if '--validmark' in flags:
+            return SOME  # the lookup uses the mark: policy routing may say otherwise
+        passes = '--accept-local' in flags and '--loose' in flags
+    else:
+        return SOME
+    return _truth(passes != ('--invert' in flags))
+
+
+def _physdev(match: Match, packets: PacketClass) -> Relation:
+    """Bridged packets only: for packets that are not bridged, the match holds exactly when every
+    option it uses is negated."""
+    if not _uses_lo_only(packets) or not match.options:
+        return SOME
+    return ALL if all(option.negated for option in match.options) else NONE
+
+
+def _mark_values(option: Option) -> Optional[List[Tuple[int, int]]]:
+    found = []
+    for text in ','.join(option.values).split(','):
+        parsed = _value_and_mask(text)
+        if parsed is None:
+            return None
+        found.append(parsed)
+    return found or None
+
+
+def _value_and_mask(text: str, default_mask: int = 0xFFFFFFFF) -> Optional[Tuple[int, int]]:
+    value, _, mask = text.partition('/')
+    try:
+        return int(value, 0) & 0xFFFFFFFF, (int(mask, 0) if mask else default_mask) & 0xFFFFFFFF
+    except ValueError:
+        return None
+
+
+def _bits_match(match: Match, bits: Bits) -> Relation:
+    relations = []
+    for option in match.options:
+        if option.name != '--mark':
+            return SOME
+        values = _mark_values(option)
+        if values is None:
+            return SOME
+        relations.append(_negated(option, _disjunction(_truth(bits.test(value, mask)) for value, mask in values)))
+    return _conjunction(relations) if relations else SOME
+
+
+def _mark(match: Match, packets: PacketClass) -> Relation:
+    return _bits_match(match, packets.mark)
+
+
+def _connmark(match: Match, packets: PacketClass) -> Relation:
+    if packets.conntrack == CT_UNTRACKED:
+        return NONE  # no connection, no connection mark: the match fails, negated or not
+    return _bits_match(match, packets.ctmark)
+
+
+def _state_names(option: Option) -> set:
+    return {name.strip().upper() for name in ','.join(option.values).split(',')}
+
+
+def _conntrack(match: Match, packets: PacketClass) -> Relation:
+    """Decidable for packets that notrack exempted: their state is UNTRACKED (and they have no
+    connection, so the other conntrack criteria fail)."""
+    if packets.conntrack != CT_UNTRACKED:
+        return SOME
+    states = [option for option in match.options if option.name in ('--ctstate', '--state')]
+    if not states:
+        return NONE
+    return _conjunction(_negated(option, ALL if 'UNTRACKED' in _state_names(option) else NONE) for option in states)
+
+
+def _unknown(match: Match, packets: PacketClass) -> Relation:
+    return SOME
+
+
+# One entry per match module (``-m NAME``; '' is the built-in criteria). A module not listed is
+# **some**: tcp/udp ports, limit, set (ipset contents are not read), nft (a native condition the
+# netlink front-end can describe but not judge), and every module the check does not know.
+MODULES: Mapping[str, Callable[[Match, PacketClass], Relation]] = {
+    '': _builtin,
+    'comment': _always,
+    'addrtype': _addrtype,
+    'rpfilter': _rpfilter,
+    'physdev': _physdev,
+    'mark': _mark,
+    'connmark': _connmark,
+    'conntrack': _conntrack,
+    'state': _conntrack,
+}
 
 
 def _match_relation(match: Match, packets: PacketClass) -> Relation:
-    if match.module in _ALWAYS_MATCHING_MODULES:
-        return ALL
-    if match.module:
-        return SOME
-    return _conjunction(_option_relation(option, packets) for option in match.options)
+    return MODULES.get(match.module, _unknown)(match, packets)
 
 
 def classify(rule: Rule, packets: PacketClass) -> Relation:
     """NONE if the rule can match no packet of the class, ALL if it matches every one, else SOME."""
     return _conjunction(_match_relation(match, packets) for match in rule.matches)
+
+
+# --- coverage: the part of the class that rules decided, along the source address -------------------
+
+# The most pieces of the source network kept apart; beyond it the coverage is not tracked.
+MAX_PIECES = 64
+
+
+def _source_networks(rule: Rule, family_of: IPNetwork) -> List[IPNetwork]:
+    found: List[IPNetwork] = []
+    for match in rule.matches:
+        if match.module:
+            continue
+        for option in match.options:
+            if option.name == '-s':
+                found.extend(_networks(option.values, family_of) or ())
+    return found
+
+
+def _split(piece: IPNetwork, networks: Sequence[IPNetwork]) -> List[IPNetwork]:
+    """``piece`` cut into prefixes each inside or outside every one of ``networks``."""
+    pieces = [piece]
+    for network in networks:
+        cut: List[IPNetwork] = []
+        for part in pieces:
+            if part.subnet_of(network) or not part.overlaps(network):  # type: ignore[arg-type]
+                cut.append(part)
+            else:  # network lies strictly inside part
+                cut.extend(part.address_exclude(network))  # type: ignore[arg-type]
+                cut.append(network)
+        pieces = cut
+    return pieces
+
+
+def cover(rule: Rule, packets: PacketClass, remaining: Sequence[IPNetwork]) -> Optional[Tuple[Relation, Tuple[IPNetwork, ...]]]:
+    """The rule's relation to the packets of the class whose source is in ``remaining`` (disjoint
+    prefixes: the part that earlier rules did not take), and the prefixes of it that the rule does
+    not match entirely. None when that cannot be told along the source address."""
+    networks = _source_networks(rule, packets.source)
+    if not networks:
+        return None
+    matched = False
+    left: List[IPNetwork] = []
+    some = False
+    for piece in remaining:
+        for part in _split(piece, networks):
+            relation = classify(rule, replace(packets, source=part))
+            if relation is ALL:
+                matched = True
+                continue
+            some = some or relation is SOME
+            left.append(part)
+        if len(left) > MAX_PIECES:
+            return None
+    if not left:
+        return ALL, ()
+    if not matched and not some:
+        return NONE, tuple(left)
+    return SOME, tuple(left)
+
+
+# --- state set by a rule for the packets it matches -----------------------------------------------------
+
+# The targets (and native statements, which arrive as the same targets) that set a field the
+# matches above read.
+STATE_TARGETS = frozenset({'MARK', 'CONNMARK', 'CT', 'NOTRACK'})
+
+
+def effects(rule: Rule) -> Tuple[Target, ...]:
+    """The statements of the rule that set marks or conntrack state: its actions, and its target
+    when that is one of them."""
+    found = tuple(action for action in rule.actions if action.name in STATE_TARGETS)
+    if rule.target is not None and rule.target.name in STATE_TARGETS and not rule.target.goto:
+        found += (rule.target,)
+    return found
+
+
+def _set_bits(bits: Bits, args: Sequence[str]) -> Optional[Bits]:
+    """MARK/CONNMARK arguments applied to a field; None when the result cannot be told."""
+    if len(args) < 2:
+        return None
+    option, value_text = args[0], args[1]
+    if option == '--set-xmark':
+        parsed = _value_and_mask(value_text)
+        return bits.set_xmark(*parsed) if parsed else None
+    if option == '--set-mark':
+        parsed = _value_and_mask(value_text)
+        return bits.set_xmark(parsed[0], parsed[0] | parsed[1]) if parsed else None
+    parsed = _value_and_mask(value_text)
+    if parsed is None:
+        return None
+    value = parsed[0]
+    if option == '--and-mark':
+        return bits.set_xmark(0, ~value & 0xFFFFFFFF)
+    if option == '--or-mark':
+        return bits.set_xmark(value, value)
+    if option == '--xor-mark':
+        return bits.set_xmark(value, 0)
+    return None
+
+
+def _option_value(args: Sequence[str], name: str) -> int:
+    if name in args:
+        index = list(args).index(name)
+        if index + 1 < len(args):
+            parsed = _value_and_mask(args[index + 1])
+            if parsed is not None:
+                return parsed[0]
+    return 0xFFFFFFFF
+
+
+def _connmark_effect(args: Sequence[str], packets: PacketClass) -> PacketClass:
+    if packets.conntrack == CT_UNTRACKED:
+        return packets  # no connection to mark
+    if args and args[0] in ('--save-mark', '--restore-mark'):
+        nfmask, ctmask = _option_value(args, '--nfmask'), _option_value(args, '--ctmask')
+        if args[0] == '--save-mark':  # ctmark = (ctmark & ~ctmask) ^ (mark & nfmask)
+            return replace(packets, ctmark=packets.ctmark.and_constant(~ctmask).xor(packets.mark.and_constant(nfmask)))
+        return replace(packets, mark=packets.mark.and_constant(~nfmask).xor(packets.ctmark.and_constant(ctmask)))
+    ctmark = _set_bits(packets.ctmark, args)
+    return replace(packets, ctmark=ctmark if ctmark is not None else Bits())
+
+
+def _effect(target: Target, packets: PacketClass) -> PacketClass:
+    args = target.args
+    if target.name == 'MARK':
+        mark = _set_bits(packets.mark, args)
+        return replace(packets, mark=mark if mark is not None else Bits())
+    if target.name == 'CONNMARK':
+        return _connmark_effect(args, packets)
+    if packets.conntrack != CT_UNATTACHED:
+        return packets  # CT and NOTRACK do nothing to packets already tracked (or exempted)
+    if target.name == 'NOTRACK' or '--notrack' in args:
+        return replace(packets, conntrack=CT_UNTRACKED)
+    return packets  # CT --zone, --helper ...: nothing a match here reads
+
+
+def apply(rule: Rule, packets: PacketClass) -> PacketClass:
+    """The class after every one of its packets went through the rule's state statements."""
+    for target in effects(rule):
+        packets = _effect(target, packets)
+    return packets
+
+
+def after(rule: Rule, relation: Relation, packets: PacketClass) -> PacketClass:
+    """What the packets that walk on past the rule are known to be: for ALL, the rule's statements
+    set their fields; for SOME, only part of them went through the statements."""
+    if relation is NONE or not effects(rule):
+        return packets
+    changed = apply(rule, packets)
+    return changed if relation is ALL else packets.meet(changed)

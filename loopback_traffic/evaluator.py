@@ -1,16 +1,20 @@
 """Ruleset -> per-requirement results (spec sections 2 and 3). Pure: no I/O.
 
 Effective mode walks every chain on a packet class's netfilter path the way the kernel does. Each
-chain is summarised once, from its last rule to its first, so the work is linear in the number of
-rules whatever the jumps, gotos and RETURNs.
+chain is scanned once forwards for the class it is entered with (what the packets reaching each rule
+are known to be: marks and conntrack state that earlier rules and chains set for all of them, the
+part of the source network earlier rules did not take) and summarised once backwards, from its last
+rule to its first, so the work is linear in the number of rules whatever the jumps, gotos and RETURNs.
+The results are data (deciding rule, deviations, fixes as :class:`.results.Fix`); the text fields
+``explanation`` and ``remediation`` are kept for the report until it writes its own words.
 """
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Dict, Generator, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .classify import ALL, NONE, Relation, classify
+from .classify import ALL, NONE, SOME, Relation, after, apply, classify, cover
 from .model import INCOMPATIBLE_TABLE, JUMP, STATEMENT, Chain, Rule, Ruleset, RulesUnavailable, Table
 from .parser import ParseError
 from .requirements import (
@@ -19,25 +23,36 @@ from .requirements import (
     EGRESS,
     HOOK_ORDER,
     INGRESS,
+    CT_UNATTACHED,
+    CT_UNKNOWN,
+    CT_UNTRACKED,
     INPUT_ACCEPT_LO,
     INPUT_DROP_LOOPBACK_SOURCE,
     IPV4,
     LOOPBACK_INTERFACE,
     NAT_DENIES_NEW_ONLY,
     NAT_NOT_CONSULTED,
+    OUTPUT,
+    PREROUTING,
     QUEUE,
     REQUIREMENTS,
     ComplianceRule,
+    Interfaces,
+    IPNetwork,
     PacketClass,
     Requirement,
+    requirement_named,
 )
-from .results import Deviation, Position, RequirementResult, RuleResult, Status
+from .results import SYNPROXY_PART, Deviation, Fix, Insertion, Position, RequirementResult, RuleResult, Status
 
 EFFECTIVE = 'effective'
 LITERAL = 'literal'
 MODES = (EFFECTIVE, LITERAL)
 
-# NAT targets end the walk of a nat chain without denying: for the packet they are an accept there.
+# The catalogue of target kinds (spec section 2, "Targets"). Verdicts, for every packet a rule takes
+# (NAT targets end the walk of a nat chain without denying: for the packet they are an accept there);
+# targets that give part of what the rule takes a verdict, and which part; RETURN and jumps are
+# handled by the walk; every other target (LOG, MARK, CT ...) decides nothing.
 _VERDICT_TARGETS = {
     'ACCEPT': ACCEPT,
     'DROP': DENY,
@@ -49,6 +64,7 @@ _VERDICT_TARGETS = {
     'MASQUERADE': ACCEPT,
     'REDIRECT': ACCEPT,
 }
+_PART_VERDICT_TARGETS = {'SYNPROXY': (DENY, SYNPROXY_PART)}
 # Targets that end or leave the walk and are never chains.
 _WALK_TARGETS = frozenset(_VERDICT_TARGETS) | {'RETURN'}
 _POLICY_VERDICTS = {'ACCEPT': ACCEPT, 'DROP': DENY}
@@ -148,61 +164,56 @@ def _ends_the_walk(rule: Rule) -> bool:
     return target is not None and (target.name in _WALK_TARGETS or target.goto)
 
 
-class Relations:
-    """How each rule of a chain that a packet class can reach relates to it, computed once per chain
-    and class (the walks and the rule count of one evaluation share them). The rules after one that
-    ends the walk for the whole class (a verdict, RETURN or -g matching all of it) are never
-    reached, so they are left out: a Kubernetes node's service chains behind an accept of lo are
-    never read."""
+def _synproxy(rule: Rule) -> bool:
+    """SYNPROXY (the xtables target or the native statement, which arrives as the same target)."""
+    return any(target.name in _PART_VERDICT_TARGETS for target in rule.actions + ((rule.target,) if rule.target else ()))
 
-    def __init__(self) -> None:
-        self._known: Dict[Tuple[int, PacketClass], Tuple[Relation, ...]] = {}
-        self._chains: List[Chain] = []
 
-    def of(self, chain: Chain, packets: PacketClass) -> Tuple[Relation, ...]:
-        key = (id(chain), packets)
-        relations = self._known.get(key)
-        if relations is None:
-            reached: List[Relation] = []
-            for rule in chain.rules:
-                relation = classify(rule, packets)
-                reached.append(relation)
-                if relation is ALL and _ends_the_walk(rule):
-                    break
-            # The chain is kept with its relations: its id cannot be reused while they are known.
-            relations = self._known[key] = tuple(reached)
-            self._chains.append(chain)
-        return relations
+def _meet(left: Optional[PacketClass], right: Optional[PacketClass]) -> Optional[PacketClass]:
+    if left is None:
+        return right
+    if right is None:
+        return left
+    return left.meet(right)
+
+
+@dataclass(frozen=True)
+class _View:
+    """A chain as one packet class walks it, from its first rule on (the rules after one that ends
+    the walk for the whole class are never reached and left out: a Kubernetes node's service chains
+    behind an accept of lo are never read).
+
+    Per rule reached: its relation to the packets that reach it, and the class a chain it calls is
+    entered with. ``accepted``: what every packet that leaves it accepted is known to be (for a
+    built-in chain, also those that get its policy ACCEPT); ``returned``: the same for the packets
+    that go back to the caller of a user chain. None: no packet does."""
+
+    relations: Tuple[Relation, ...]
+    entered: Tuple[Optional[PacketClass], ...]
+    accepted: Optional[PacketClass]
+    returned: Optional[PacketClass]
+
+
+# A chain's scan asks for the view of a chain it calls, entered with a class, and gets it back.
+_Scan = Generator[Tuple[Chain, PacketClass], _View, _View]
 
 
 class _ChainWalker:
-    """Summaries of the chains of one table for one packet class, each computed once."""
+    """Views and summaries of the chains of one table for the classes that walk them, each computed once.
 
-    def __init__(
-        self, table: Table, packets: PacketClass, required: str, label: str, relations: Relations, missing: Optional[Set[Tuple[str, str, str]]] = None
-    ) -> None:
+    A chain is summarised for the class its packets are known to be when they enter it (marks and
+    conntrack state set earlier); to keep the work linear, a user chain is summarised for at most
+    one such class besides the class without that knowledge."""
+
+    def __init__(self, table: Table, required: str, label: str, missing: Optional[Set[Tuple[str, str, str]]] = None) -> None:
         self.table = table
         self.missing = missing
-        self.packets = packets
         self.required = required
         self.label = label
         self.table_name = table_name(table)
-        self.summaries: Dict[str, _Summary] = {}
-        self.relations = relations
-        self._checked: Set[str] = set()
-
-    def relations_of(self, chain: Chain) -> Tuple[Relation, ...]:
-        relations = self.relations.of(chain, self.packets)
-        if chain.name not in self._checked:
-            self._checked.add(chain.name)
-            for rule, relation in zip(chain.rules, relations):
-                if rule.undecoded and relation is not NONE and _could_take_the_whole_class(rule, self.packets):
-                    raise Unevaluable(
-                        '{} {}{}: {} (inspect it with nft -a list chain {} {})'.format(
-                            self.table_name, chain.name, _handle_words(rule), rule.undecoded, self.table_name, chain.name
-                        )
-                    )
-        return relations
+        self.views: Dict[Tuple[str, PacketClass], _View] = {}
+        self.summaries: Dict[Tuple[str, PacketClass], _Summary] = {}
+        self._first_entry: Dict[str, PacketClass] = {}
 
     def position(self, chain: Chain, index: int, rule: Rule) -> Position:
         return Position(self.table_name, chain.name, index + 1, rule.text, self.label, rule.line, rule.handle)
@@ -210,10 +221,10 @@ class _ChainWalker:
     def policy_position(self, chain: Chain) -> Position:
         return Position(self.table_name, chain.name, None, 'policy ' + str(chain.policy), self.label, chain.line)
 
-    def deviation(self, verdict: Optional[str], where: Optional[Position]) -> Optional[Deviation]:
+    def deviation(self, verdict: Optional[str], where: Optional[Position], part: str = '') -> Optional[Deviation]:
         if verdict is None or verdict == self.required or where is None:
             return None
-        return Deviation(where, verdict)
+        return Deviation(where, verdict, part)
 
     def called_chain(self, rule: Rule) -> Optional[Chain]:
         target = rule.target
@@ -240,62 +251,144 @@ class _ChainWalker:
             return '{} {}{}'.format(self.table_name, rule.chain, _handle_words(rule))
         return '{} {} (line {})'.format(self.table_name, rule.chain, rule.line)
 
-    def summary(self, root: Chain) -> _Summary:
-        """Summarise ``root`` and, first, every chain it can send the class to (iterative DFS)."""
-        if root.name in self.summaries:
-            return self.summaries[root.name]
-        on_stack: Set[str] = {root.name}
-        stack: List[Tuple[Chain, List[Chain]]] = [(root, self._callees(root))]
-        while stack:
-            chain, pending = stack[-1]
-            if pending:
-                callee = pending.pop()
-                if callee.name in self.summaries:
-                    continue
-                if callee.name in on_stack:
-                    raise Unevaluable(
-                        'a loop of jumps: {} -> {}'.format(' -> '.join(c.name for c, _ in stack), callee.name)
-                    )
-                on_stack.add(callee.name)
-                stack.append((callee, self._callees(callee)))
-                continue
-            stack.pop()
-            on_stack.discard(chain.name)
-            self.summaries[chain.name] = self._summarise(chain)
-        return self.summaries[root.name]
+    def _check_decoded(self, chain: Chain, rule: Rule, relation: Relation, packets: PacketClass) -> None:
+        if rule.undecoded and relation is not NONE and _could_take_the_whole_class(rule, packets):
+            raise Unevaluable(
+                '{} {}{}: {} (inspect it with nft -a list chain {} {})'.format(
+                    self.table_name, chain.name, _handle_words(rule), rule.undecoded, self.table_name, chain.name
+                )
+            )
 
-    def _callees(self, chain: Chain) -> List[Chain]:
-        callees = []
-        for rule, relation in zip(chain.rules, self.relations_of(chain)):
-            if relation is not NONE:
-                callee = self.called_chain(rule)
-                if callee is not None:
-                    callees.append(callee)
-        return callees
+    def _entry(self, callee: Chain, packets: PacketClass) -> PacketClass:
+        stateless = packets.stateless
+        if packets is stateless:
+            return packets
+        first = self._first_entry.setdefault(callee.name, packets)
+        return packets if first == packets else stateless
+
+    def _scan(self, chain: Chain, entry: PacketClass) -> _Scan:
+        """Walk the chain forwards for the class: what the packets reaching each rule are known to
+        be (what earlier rules set for all of them; the part of the source network earlier rules did
+        not take), so each rule's relation is to them."""
+        relations: List[Relation] = []
+        entered: List[Optional[PacketClass]] = []
+        accepted: Optional[PacketClass] = None
+        returned: Optional[PacketClass] = None
+        current = entry
+        remaining: Optional[Tuple[IPNetwork, ...]] = (entry.source,)
+        policy_accepts = chain.policy == 'ACCEPT'
+        ended = False
+        for rule in chain.rules:
+            relation = classify(rule, current)
+            left: Optional[Tuple[IPNetwork, ...]] = None
+            if relation is SOME and remaining is not None:
+                covered = cover(rule, current, remaining)
+                if covered is not None:
+                    relation, left = covered
+            self._check_decoded(chain, rule, relation, current)
+            relations.append(relation)
+            callee = self.called_chain(rule) if relation is not NONE else None
+            target = rule.target
+            if callee is not None and target is not None:
+                entering = self._entry(callee, current)
+                view = yield callee, entering
+                entered.append(entering)
+                accepted = _meet(accepted, view.accepted)
+                if target.goto:
+                    if view.returned is not None:  # they go on where this chain would have ended
+                        if not chain.is_builtin:
+                            returned = _meet(returned, view.returned)
+                        elif policy_accepts:
+                            accepted = _meet(accepted, view.returned)
+                elif view.returned is not None:
+                    current = view.returned if relation is ALL else current.meet(view.returned)
+            else:
+                entered.append(None)
+                if relation is not NONE:
+                    matched = apply(rule, current)
+                    verdict = _VERDICT_TARGETS.get(target.name) if target is not None else None
+                    if verdict in (ACCEPT, QUEUE):
+                        accepted = _meet(accepted, matched)
+                    elif target is not None and target.name == 'RETURN':
+                        if not chain.is_builtin:
+                            returned = _meet(returned, matched)
+                        elif policy_accepts:
+                            accepted = _meet(accepted, matched)
+                    if not _ends_the_walk(rule):
+                        current = after(rule, relation, current)
+            if relation is ALL and _ends_the_walk(rule):
+                ended = True
+                break
+            if left is not None and _ends_the_walk(rule):
+                remaining = left
+        if not ended:
+            if not chain.is_builtin:
+                returned = _meet(returned, current)
+            elif policy_accepts:
+                accepted = _meet(accepted, current)
+        return _View(tuple(relations), tuple(entered), accepted, returned)
+
+    def summary(self, root: Chain, entry: PacketClass) -> Tuple[_Summary, _View]:
+        """Summarise ``root`` for the class and, first, every chain it sends the class to (iterative DFS)."""
+        key = (root.name, entry)
+        if key not in self.summaries:
+            self._visit(root, entry)
+        return self.summaries[key], self.views[key]
+
+    def _visit(self, root: Chain, entry: PacketClass) -> None:
+        on_stack: Set[str] = {root.name}
+        stack: List[Tuple[Chain, PacketClass, _Scan]] = [(root, entry, self._scan(root, entry))]
+        reply: Optional[_View] = None
+        while stack:
+            chain, packets, scan = stack[-1]
+            try:
+                callee, entering = scan.send(reply) if reply is not None else next(scan)
+            except StopIteration as done:
+                view = done.value
+                stack.pop()
+                on_stack.discard(chain.name)
+                self.views[(chain.name, packets)] = view
+                self.summaries[(chain.name, packets)] = self._summarise(chain, view)
+                reply = view
+                continue
+            known = self.views.get((callee.name, entering))
+            if known is not None:
+                reply = known
+                continue
+            if callee.name in on_stack:
+                raise Unevaluable('a loop of jumps: {} -> {}'.format(' -> '.join(c.name for c, _, _ in stack), callee.name))
+            on_stack.add(callee.name)
+            stack.append((callee, entering, self._scan(callee, entering)))
+            reply = None
 
     def _end(self, chain: Chain) -> _Summary:
         if chain.is_builtin:
             return _Summary(_POLICY_VERDICTS[str(chain.policy)], self.policy_position(chain), False, None)
         return _RETURNED
 
-    def _summarise(self, chain: Chain) -> _Summary:
+    def _summarise(self, chain: Chain, view: _View) -> _Summary:
         after = self._end(chain)
-        rules, relations = chain.rules, self.relations_of(chain)
-        for index in range(len(relations) - 1, -1, -1):
-            rule, relation = rules[index], relations[index]
+        rules = chain.rules
+        for index in range(len(view.relations) - 1, -1, -1):
+            rule, relation = rules[index], view.relations[index]
             if relation is NONE or rule.target is None:
                 continue
-            after = self._step(chain, index, rule, relation, after)
+            after = self._step(chain, index, rule, relation, after, view.entered[index])
         return after
 
-    def _step(self, chain: Chain, index: int, rule: Rule, relation: Relation, after: _Summary) -> _Summary:
+    def _step(self, chain: Chain, index: int, rule: Rule, relation: Relation, after: _Summary, entered: Optional[PacketClass]) -> _Summary:
         """The summary from this rule on, given the summary from the next rule on (``after``)."""
         target = rule.target
         assert target is not None
-        callee = self.called_chain(rule)
-        if callee is not None:
-            return self._step_into(chain, relation, target.goto, self.summaries[callee.name], after)
         here = self.position(chain, index, rule)
+        if _synproxy(rule):
+            # It answers TCP SYNs itself: that part of the class is denied, the rest walks on.
+            denied, part = _PART_VERDICT_TARGETS['SYNPROXY']
+            after = _Summary(after.verdict, after.decided_by, after.escapes, _add(after.devs, self.deviation(denied, here, part)))
+        if entered is not None:
+            callee = self.called_chain(rule)
+            assert callee is not None
+            return self._step_into(chain, relation, target.goto, self.summaries[(callee.name, entered)], after)
         verdict = _VERDICT_TARGETS.get(target.name)
         if verdict is not None:
             if relation is ALL:
@@ -443,11 +536,10 @@ def _status_of(verdict: str, required: str, deviations: Sequence[Deviation]) -> 
 
 @dataclass
 class _Walk:
-    """What one evaluation shares between its walks: the relations, the walkers, the chains walked
-    (for the rule count) and, while the kernel's ruleset is read chain by chain, the chains that a
-    walk needs and that were not read (None: a chain that is not there is an error)."""
+    """What one evaluation shares between its walks: the chains walked (for the rule count) and,
+    while the kernel's ruleset is read chain by chain, the chains that a walk needs and that were
+    not read (None: a chain that is not there is an error)."""
 
-    relations: Relations
     missing: Optional[Set[Tuple[str, str, str]]] = None
     walked: Dict[Tuple[int, int, str], int] = field(default_factory=dict)
 
@@ -455,16 +547,17 @@ class _Walk:
         for path in paths:
             self.walked[(id(path.source), id(path.table), path.chain.name)] = len(path.chain)
         for (source, _), walker in walkers.items():
-            for name in walker.summaries:
+            for name, _packets in walker.summaries:
                 self.walked[(source, id(walker.table), name)] = len(walker.table.chains[name])
 
 
-def _walk_chain(path: _PathChain, packets: PacketClass, required: str, walkers: Dict, walk: _Walk) -> _HookResult:
+def _walk_chain(path: _PathChain, packets: PacketClass, required: str, walkers: Dict, walk: _Walk) -> Tuple[_HookResult, Optional[PacketClass]]:
+    """The chain's result for the class, and what the packets it accepts are known to be (None: none)."""
     key = (id(path.source), id(path.table))
     walker = walkers.get(key)
     if walker is None:
-        walker = walkers[key] = _ChainWalker(path.table, packets, required, path.source.label, walk.relations, walk.missing)
-    summary = walker.summary(path.chain)
+        walker = walkers[key] = _ChainWalker(path.table, required, path.source.label, walk.missing)
+    summary, view = walker.summary(path.chain, packets)
     assert summary.verdict is not None and summary.decided_by is not None  # built-in chains always decide
     deviations = _flatten(summary.devs)
     status = _status_of(summary.verdict, required, deviations)
@@ -472,7 +565,76 @@ def _walk_chain(path: _PathChain, packets: PacketClass, required: str, walkers: 
         where = Position(walker.table_name, path.chain.name, None, '({})'.format(path.partial_because), path.source.label)
         deviations = (Deviation(where, ACCEPT),)
         status = Status.PARTIAL
-    return _HookResult(path, status, summary.verdict, summary.decided_by, deviations)
+    return _HookResult(path, status, summary.verdict, summary.decided_by, deviations), view.accepted
+
+
+# Where conntrack looks packets up on the prerouting and output hooks (NF_IP_PRI_CONNTRACK): the
+# chains before it see packets that notrack can still exempt.
+_CONNTRACK_PRIORITY = -200
+
+
+def _before_conntrack(order: Tuple[int, int]) -> bool:
+    hook, priority = order
+    return HOOK_ORDER[hook] == INGRESS or (HOOK_ORDER[hook] in (PREROUTING, OUTPUT) and priority < _CONNTRACK_PRIORITY)
+
+
+def _initial(packets: PacketClass) -> PacketClass:
+    """At the start of its path: packets arriving on lo were tracked on their way out (notrack on the
+    input path does nothing to them); the others are not yet looked up by conntrack."""
+    if packets.in_interface == Interfaces(LOOPBACK_INTERFACE):
+        return packets
+    return replace(packets, conntrack=CT_UNATTACHED)
+
+
+def _walk_in_order(packets: PacketClass, paths: Sequence[_PathChain], required: str, walkers: Dict, walk: _Walk, skip_partial: bool) -> Tuple[List[_HookResult], bool]:
+    """The chains of the path walked in the order packets meet them, each for what the class is known
+    to be when it gets there: what the chains before set for every packet they accepted. Chains at
+    the same place of the path (same hook and priority, in two rulesets) run in an order the check
+    cannot know: after them nothing set earlier is relied on; a chain that sees only part of the
+    class (nat, another device's ingress) leaves known only what it did not change. With
+    ``skip_partial`` the chains that see only part of the class are not walked (whether any was
+    skipped is returned), and nothing set before them is relied on after them."""
+    results: List[_HookResult] = []
+    current = _initial(packets)
+    skipped = False
+    index = 0
+    while index < len(paths):
+        order = paths[index].order
+        group = [path for path in paths[index:] if path.order == order]
+        index += len(group)
+        if not _before_conntrack(order) and current.conntrack == CT_UNATTACHED:
+            current = replace(current, conntrack=CT_UNKNOWN)
+        entry, leaving = current, current
+        for path in group:
+            if skip_partial and path.partial_because:
+                skipped = True
+                leaving = current.stateless
+                continue
+            base = path.chain.base
+            assert base is not None
+            if base.type == 'nat' and entry.conntrack == CT_UNTRACKED:
+                continue  # nat chains see only packets that conntrack tracks
+            result, accepted = _walk_chain(path, entry, required, walkers, walk)
+            results.append(result)
+            if len(group) > 1:
+                leaving = current.stateless
+            elif accepted is not None:
+                leaving = accepted if not (path.partial_because or base.type == 'nat') else entry.meet(accepted)
+        current = leaving
+    return results, skipped
+
+
+def _walk_path(requirement: Requirement, packets: PacketClass, paths: Sequence[_PathChain], walk: _Walk) -> List[_HookResult]:
+    """Every chain of the path, walked for the class. For the deny requirement the chains that see
+    only part of the class (nat, other devices' ingress) are walked only when no other chain denies
+    the whole class: they cannot do better (a Kubernetes node's nat service chains are not read)."""
+    walkers: Dict = {}
+    deny = requirement.required == DENY
+    results, skipped = _walk_in_order(packets, paths, requirement.required, walkers, walk, deny)
+    if skipped and not any(result.status is Status.PASS for result in results):
+        results, _ = _walk_in_order(packets, paths, requirement.required, walkers, walk, False)
+    walk.count(walkers, paths)
+    return results
 
 
 def _nothing_on_the_path(requirement: Requirement, required: str) -> _HookResult:
@@ -492,39 +654,33 @@ def _check_incompatible(sources: Sequence[Source]) -> None:
             )
 
 
-def _table_flag(table: str) -> str:
-    return '' if table == 'filter' else '-t {} '.format(table)
-
-
 def _nft_family_words(table: Table) -> str:
     return '{} {}'.format(table.family, table.name)
 
 
-def _accept_fix(requirement: Requirement, result: _HookResult) -> str:
+def _accept_fix(requirement: Requirement, result: _HookResult) -> Fix:
     path = result.path
     side = 'iif' if requirement.literal_chain == 'INPUT' else 'oif'
     if path.table.native:
-        return 'nft insert rule {} {} {} {} accept'.format(_nft_family_words(path.table), path.chain.name, side, LOOPBACK_INTERFACE)
-    return '{} {}-I {} 1 -{} {} -j ACCEPT'.format(
-        path.source.command, _table_flag(path.table.name), path.chain.name, side[0], LOOPBACK_INTERFACE
-    )
+        return Fix((Insertion('nft', _nft_family_words(path.table), path.chain.name, None, '{} {} accept'.format(side, LOOPBACK_INTERFACE)),))
+    rule = '-{} {} -j ACCEPT'.format(side[0], LOOPBACK_INTERFACE)
+    return Fix((Insertion(path.source.command, path.table.name, path.chain.name, 1, rule),))
 
 
-def _native_drop_fix(rule: ComplianceRule, path: _PathChain) -> str:
+def _native_drop_fix(rule: ComplianceRule, path: _PathChain) -> Fix:
     address = 'ip saddr' if rule.family == IPV4 else 'ip6 saddr'
-    return 'nft insert rule {} {} iif != {} {} {} drop'.format(
-        _nft_family_words(path.table), path.chain.name, LOOPBACK_INTERFACE, address, rule.loopback_text
-    )
+    text = 'iif != {} {} {} drop'.format(LOOPBACK_INTERFACE, address, rule.loopback_text)
+    return Fix((Insertion('nft', _nft_family_words(path.table), path.chain.name, None, text),))
 
 
-def _drop_fix(rule: ComplianceRule, source: Source, filter_input: Optional[Chain]) -> str:
+def _drop_fix(rule: ComplianceRule, source: Source, filter_input: Optional[Chain]) -> Fix:
     """Where the anti-spoofing DROP must go in filter INPUT to take effect without dropping lo traffic.
 
     Right after an unconditional ``-i lo -j ACCEPT`` that precedes every rule that could let the
     class through, the CIS rule itself; otherwise ``! -i lo`` keeps lo traffic out of it, at the top.
     """
-    lo_class = REQUIREMENTS[0].packet_class(rule.loopback)
-    spoof_class = REQUIREMENTS[2].packet_class(rule.loopback)
+    lo_class = requirement_named(INPUT_ACCEPT_LO).packet_class(rule.loopback)
+    spoof_class = requirement_named(INPUT_DROP_LOOPBACK_SOURCE).packet_class(rule.loopback)
     literal = '-s {} -j DROP'.format(rule.loopback_text)
     if filter_input is not None:
         for index, candidate in enumerate(filter_input.rules):
@@ -533,13 +689,14 @@ def _drop_fix(rule: ComplianceRule, source: Source, filter_input: Optional[Chain
                 continue
             if target.name == 'ACCEPT' and not target.goto and classify(candidate, lo_class) is ALL:
                 if classify(candidate, spoof_class) is NONE:
-                    return '{} -I INPUT {} {}'.format(source.command, index + 2, literal)
+                    return Fix((Insertion(source.command, 'filter', 'INPUT', index + 2, literal),))
             if classify(candidate, spoof_class) is not NONE:
                 break
-    return '{} -I INPUT 1 -s {} ! -i {} -j DROP'.format(source.command, rule.loopback_text, LOOPBACK_INTERFACE)
+    text = '-s {} ! -i {} -j DROP'.format(rule.loopback_text, LOOPBACK_INTERFACE)
+    return Fix((Insertion(source.command, 'filter', 'INPUT', 1, text),))
 
 
-def _deny_fix(rule: ComplianceRule, results: Sequence[_HookResult], sources: Sequence[Source]) -> str:
+def _deny_fix(rule: ComplianceRule, results: Sequence[_HookResult], sources: Sequence[Source]) -> Fix:
     """In iptables' filter INPUT where iptables' tables are in use (or nothing else is), else in the
     first native input chain of type filter."""
     iptables = [r.path for r in results if not r.path.table.native and r.path.chain.base is not None]
@@ -579,11 +736,17 @@ def _combine_accept(requirement: Requirement, results: Sequence[_HookResult]) ->
     return _requirement_result(requirement, status, decisive, deviations, fixes)
 
 
+def _commands(fixes: Sequence[Fix]) -> Tuple[str, ...]:
+    return tuple(dict.fromkeys(fix.command for fix in fixes))
+
+
 def _requirement_result(
-    requirement: Requirement, status: Status, decisive: _HookResult, deviations: Tuple[Deviation, ...], fixes: Tuple[str, ...]
+    requirement: Requirement, status: Status, decisive: _HookResult, deviations: Tuple[Deviation, ...], fixes: Tuple[Fix, ...]
 ) -> RequirementResult:
     explanation = _explain(status, decisive, deviations)
-    return RequirementResult(requirement.name, status, explanation, decisive.deciding, decisive.verdict, deviations, fixes)
+    return RequirementResult(
+        requirement.name, status, explanation, decisive.deciding, decisive.verdict, deviations, _commands(fixes), fixes
+    )
 
 
 def _combine_deny(rule: ComplianceRule, requirement: Requirement, results: Sequence[_HookResult], sources: Sequence[Source]) -> RequirementResult:
@@ -593,24 +756,10 @@ def _combine_deny(rule: ComplianceRule, requirement: Requirement, results: Seque
     else:
         decisive = next(r for r in results if r.status is status)
     deviations = decisive.deviations if status is Status.PARTIAL else ()
-    fixes: Tuple[str, ...] = ()
+    fixes: Tuple[Fix, ...] = ()
     if status is not Status.PASS:
         fixes = (_deny_fix(rule, results, sources),)
     return _requirement_result(requirement, status, decisive, deviations, fixes)
-
-
-def _walk_path(requirement: Requirement, packets: PacketClass, paths: Sequence[_PathChain], walk: _Walk) -> List[_HookResult]:
-    """Every chain of the path, walked for the class. For the deny requirement the chains that see
-    only part of the class (nat, other devices' ingress) are walked only when no other chain denies
-    the whole class: they cannot do better (a Kubernetes node's nat service chains are not read)."""
-    walkers: Dict = {}
-    only_part = [requirement.required == DENY and bool(path.partial_because) for path in paths]
-    results = [_walk_chain(path, packets, requirement.required, walkers, walk) for path, part in zip(paths, only_part) if not part]
-    if any(only_part) and not any(result.status is Status.PASS for result in results):
-        results += [_walk_chain(path, packets, requirement.required, walkers, walk) for path, part in zip(paths, only_part) if part]
-        results.sort(key=lambda result: result.path.order)
-    walk.count(walkers, paths)
-    return results
 
 
 def _evaluate_requirement_effective(rule: ComplianceRule, requirement: Requirement, sources: Sequence[Source], walk: _Walk) -> RequirementResult:
@@ -647,54 +796,47 @@ def _same_network(text: str, expected: str) -> bool:
         return False
 
 
-def _literal_spec(rule: ComplianceRule, requirement: Requirement) -> Tuple[str, str, str]:
-    if requirement.name == INPUT_DROP_LOOPBACK_SOURCE:
-        return '-s', rule.loopback_text, 'DROP'
-    side = '-i' if requirement.literal_chain == 'INPUT' else '-o'
-    return side, LOOPBACK_INTERFACE, 'ACCEPT'
-
-
-def _literal_text(requirement: Requirement, spec: Tuple[str, str, str]) -> str:
-    option, value, target = spec
-    return '-A {} {} {} -j {}'.format(requirement.literal_chain, option, value, target)
-
-
 def _evaluate_requirement_literal(rule: ComplianceRule, requirement: Requirement, sources: Sequence[Source]) -> RequirementResult:
-    spec = _literal_spec(rule, requirement)
-    wanted = _literal_text(requirement, spec)
+    literal = requirement.literal
+    option, value, target = literal.option, literal.value_for(rule.loopback), literal.target
+    wanted = literal.text(rule.loopback)
     packets = requirement.packet_class(rule.loopback)
     found: Optional[Position] = None
     blocker: Optional[Position] = None
     for source in sources:
-        chain = source.ruleset.chain('filter', requirement.literal_chain)
+        chain = source.ruleset.chain('filter', literal.chain)
         if chain is None:
             continue
         for index, candidate in enumerate(chain.rules):
             position = Position('filter', chain.name, index + 1, candidate.text, source.label, candidate.line)
-            if _is_literal(candidate, *spec):
+            if _is_literal(candidate, option, value, target):
                 found = found or position
                 break
             denies = candidate.target is not None and _VERDICT_TARGETS.get(candidate.target.name) == DENY
-            if requirement.name == INPUT_ACCEPT_LO and denies and classify(candidate, packets) is not NONE:
+            if requirement.literal_before_denies and denies and classify(candidate, packets) is not NONE:
                 blocker = blocker or position
                 break
     main = sources[0]
-    option, value, target = spec
+    at_the_top = Fix((Insertion(main.command, 'filter', literal.chain, 1, literal.criteria(rule.loopback)),))
     if found is not None and blocker is None:
         return RequirementResult(requirement.name, Status.PASS, 'present: {}'.format(found.describe()), found)
     if blocker is not None:
         explanation = '{} is not before every rule that drops its traffic: {}'.format(wanted, blocker.describe())
-        fix = '{} -I {} 1 {} {} -j {}'.format(main.command, requirement.literal_chain, option, value, target)
-        return RequirementResult(requirement.name, Status.FAIL, explanation, blocker, None, (), (fix,))
+        return RequirementResult(requirement.name, Status.FAIL, explanation, blocker, None, (), _commands((at_the_top,)), (at_the_top,))
     explanation = 'no rule {} in table filter'.format(wanted)
-    if requirement.name == INPUT_DROP_LOOPBACK_SOURCE:
+    fix = at_the_top
+    if requirement.required == DENY:
         fix = _drop_fix(rule, main, main.ruleset.chain('filter', 'INPUT'))
-        if ' ! -i ' in fix:
+        if fix.steps[0].rule != literal.criteria(rule.loopback):
             # The literal rule must stand after the lo ACCEPT: put both at the top, in that order.
-            fix = '{0} -I INPUT 1 -i lo -j ACCEPT && {0} -I INPUT 2 -s {1} -j DROP'.format(main.command, rule.loopback_text)
-    else:
-        fix = '{} -I {} 1 {} {} -j {}'.format(main.command, requirement.literal_chain, option, value, target)
-    return RequirementResult(requirement.name, Status.FAIL, explanation, None, None, (), (fix,))
+            accept = requirement_named(INPUT_ACCEPT_LO).literal
+            fix = Fix(
+                (
+                    Insertion(main.command, 'filter', accept.chain, 1, accept.criteria(rule.loopback)),
+                    Insertion(main.command, 'filter', literal.chain, 2, literal.criteria(rule.loopback)),
+                )
+            )
+    return RequirementResult(requirement.name, Status.FAIL, explanation, None, None, (), _commands((fix,)), (fix,))
 
 
 # --- both modes ----------------------------------------------------------------------------------
@@ -717,7 +859,7 @@ def evaluate(
         raise ValueError('mode must be one of {}'.format(', '.join(MODES)))
     if not sources:
         raise ValueError('at least one ruleset is needed')
-    walk = _Walk(Relations(), missing)
+    walk = _Walk(missing)
     try:
         _check_incompatible(sources)
         if mode == LITERAL:

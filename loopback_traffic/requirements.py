@@ -5,7 +5,7 @@ Pure data: no I/O.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple, Union
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -34,12 +34,80 @@ class Interfaces:
     all_but: bool = False
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Bits:
+    """What is known of a 32-bit field (the packet mark, the connection mark) for every packet of a
+    class: the bits of ``known`` have the values of ``value``; the other bits may be anything."""
+
+    value: int = 0
+    known: int = 0
+
+    def set_xmark(self, value: int, mask: int) -> 'Bits':
+        """``field = (field & ~mask) ^ value`` (iptables' MARK/CONNMARK --set-xmark)."""
+        known = (self.known | mask) & _MASK32
+        return Bits(((self.value & ~mask) ^ value) & known, known)
+
+    def and_constant(self, constant: int) -> 'Bits':
+        known = (self.known | ~constant) & _MASK32
+        return Bits(self.value & constant & known, known)
+
+    def xor(self, other: 'Bits') -> 'Bits':
+        known = self.known & other.known
+        return Bits((self.value ^ other.value) & known, known)
+
+    def meet(self, other: 'Bits') -> 'Bits':
+        """What is known of both (packets that took two ways): the bits known alike in each."""
+        known = self.known & other.known & ~(self.value ^ other.value) & _MASK32
+        return Bits(self.value & known, known)
+
+    def test(self, value: int, mask: int) -> Optional[bool]:
+        """``(field & mask) == value``: True for every packet, False for none, None when it depends."""
+        if value & ~mask:
+            return False  # bits outside the mask can never be equal
+        if (self.value ^ value) & mask & self.known:
+            return False
+        if mask & ~self.known:
+            return None
+        return True
+
+
+NO_BITS = Bits()
+
+# What is known of the packets' connection tracking at a point of the path.
+CT_UNKNOWN = ''  # anything: attached to a connection (whatever its state), or not yet looked up
+CT_UNATTACHED = 'unattached'  # before the conntrack hook, for packets not tracked earlier: notrack takes effect
+CT_UNTRACKED = 'untracked'  # exempted from tracking (CT --notrack, NOTRACK, native notrack)
+
+
 @dataclass(frozen=True)
 class PacketClass:
+    """The packets a requirement is about (addresses, interfaces) and what the rules walked so far
+    are known to have set for every one of them (marks, conntrack)."""
+
     source: IPNetwork
     destination: Optional[IPNetwork]  # None: any destination
     in_interface: Interfaces
     out_interface: Interfaces
+    mark: Bits = NO_BITS
+    ctmark: Bits = NO_BITS
+    conntrack: str = CT_UNKNOWN
+
+    @property
+    def stateless(self) -> 'PacketClass':
+        """The class without what earlier rules set (what it is at the start of its path)."""
+        if self.mark is NO_BITS and self.ctmark is NO_BITS and self.conntrack == CT_UNKNOWN:
+            return self
+        return replace(self, mark=NO_BITS, ctmark=NO_BITS, conntrack=CT_UNKNOWN)
+
+    def meet(self, other: 'PacketClass') -> 'PacketClass':
+        """What is known of the packets of two ways that join (the same addresses and interfaces)."""
+        if other == self:
+            return self
+        conntrack = self.conntrack if self.conntrack == other.conntrack else CT_UNKNOWN
+        return replace(self, mark=self.mark.meet(other.mark), ctmark=self.ctmark.meet(other.ctmark), conntrack=conntrack)
 
 
 # The hooks of the packet path (nft's names).
@@ -57,51 +125,100 @@ NAT_NOT_CONSULTED = 'not consulted'  # lo input: its connections were set up on 
 NAT_DENIES = 'denies'  # output: a deny there denies every new connection
 NAT_DENIES_NEW_ONLY = 'denies new connections only'  # input from elsewhere: established packets pass
 
+# The value of a literal rule that stands for the family's loopback network (127.0.0.0/8, ::1/128).
+LOOPBACK_NETWORK = '<loopback network>'
+
+
+@dataclass(frozen=True)
+class LiteralRule:
+    """The rule an auditor looks for (spec section 1): ``-A <chain> <option> <value> -j <target>``."""
+
+    chain: str  # the built-in chain of table filter where it goes
+    option: str  # '-i', '-o' or '-s'
+    value: str  # an interface name, or LOOPBACK_NETWORK
+    target: str  # 'ACCEPT' or 'DROP'
+
+    def value_for(self, loopback: IPNetwork) -> str:
+        return str(loopback) if self.value == LOOPBACK_NETWORK else self.value
+
+    def criteria(self, loopback: IPNetwork) -> str:
+        """What follows the chain name: ``-i lo -j ACCEPT``."""
+        return '{} {} -j {}'.format(self.option, self.value_for(loopback), self.target)
+
+    def text(self, loopback: IPNetwork) -> str:
+        return '-A {} {}'.format(self.chain, self.criteria(loopback))
+
 
 @dataclass(frozen=True)
 class Requirement:
     name: str
-    literal_chain: str  # the built-in chain of table filter where the literal rule goes
+    literal: LiteralRule
     hooks: Tuple[str, ...]  # the hooks of its path, in the order packets meet them
     required: str  # ACCEPT or DENY
     description: str
     nat: str  # one of NAT_*
+    # Its packet class (spec section 1): the interfaces on each side; the source is always the
+    # loopback network, the destination too when ``to_loopback``, else any.
+    arriving: Interfaces
+    leaving: Interfaces
+    to_loopback: bool
+    # Literal mode: the literal rule must stand before every rule that denies packets of the class.
+    literal_before_denies: bool = False
+
+    @property
+    def literal_chain(self) -> str:
+        return self.literal.chain
 
     def packet_class(self, loopback: IPNetwork) -> PacketClass:
-        no_interface = Interfaces('')
-        if self.name == INPUT_ACCEPT_LO:
-            return PacketClass(loopback, loopback, Interfaces(LOOPBACK_INTERFACE), no_interface)
-        if self.name == OUTPUT_ACCEPT_LO:
-            return PacketClass(loopback, loopback, no_interface, Interfaces(LOOPBACK_INTERFACE))
-        return PacketClass(loopback, None, Interfaces(LOOPBACK_INTERFACE, all_but=True), no_interface)
+        return PacketClass(loopback, loopback if self.to_loopback else None, self.arriving, self.leaving)
 
+
+_NO_INTERFACE = Interfaces('')
+_LO = Interfaces(LOOPBACK_INTERFACE)
 
 REQUIREMENTS = (
     Requirement(
         INPUT_ACCEPT_LO,
-        'INPUT',
+        LiteralRule('INPUT', '-i', LOOPBACK_INTERFACE, 'ACCEPT'),
         (INGRESS, PREROUTING, INPUT),
         ACCEPT,
         'traffic arriving on lo from and to the loopback network is accepted',
         NAT_NOT_CONSULTED,
+        arriving=_LO,
+        leaving=_NO_INTERFACE,
+        to_loopback=True,
+        literal_before_denies=True,
     ),
     Requirement(
         OUTPUT_ACCEPT_LO,
-        'OUTPUT',
+        LiteralRule('OUTPUT', '-o', LOOPBACK_INTERFACE, 'ACCEPT'),
         (OUTPUT, POSTROUTING, EGRESS),
         ACCEPT,
         'traffic leaving through lo within the loopback network is accepted',
         NAT_DENIES,
+        arriving=_NO_INTERFACE,
+        leaving=_LO,
+        to_loopback=True,
     ),
     Requirement(
         INPUT_DROP_LOOPBACK_SOURCE,
-        'INPUT',
+        LiteralRule('INPUT', '-s', LOOPBACK_NETWORK, 'DROP'),
         (INGRESS, PREROUTING, INPUT),
         DENY,
         'traffic with a loopback source arriving on any interface other than lo is dropped',
         NAT_DENIES_NEW_ONLY,
+        arriving=Interfaces(LOOPBACK_INTERFACE, all_but=True),
+        leaving=_NO_INTERFACE,
+        to_loopback=False,
     ),
 )
+
+
+def requirement_named(name: str) -> Requirement:
+    for requirement in REQUIREMENTS:
+        if requirement.name == name:
+            return requirement
+    raise KeyError(name)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,48 @@ class Deviation:
 
     where: Position
     verdict: str
+    # Which part, when the target (not the match) makes it a part: SYNPROXY_PART.
+    part: str = ''
+
+
+# The part of the class a SYNPROXY target denies: it answers TCP SYNs (and the ACKs that follow) itself.
+SYNPROXY_PART = 'tcp syn'
+
+
+@dataclass(frozen=True)
+class Insertion:
+    """One rule to insert: with ``tool`` (``iptables``, ``ip6tables-legacy``, ``nft``) into ``table``
+    (``filter``, ``raw``...; ``inet hostfw`` for a native table) and ``chain``, at ``position``
+    (1-based; None: at the top, nft's ``insert``), the rule's criteria and verdict in the tool's
+    language (``-i lo -j ACCEPT``, ``iif lo accept``)."""
+
+    tool: str
+    table: str
+    chain: str
+    position: Optional[int]
+    rule: str
+
+    @property
+    def native(self) -> bool:
+        return self.tool == 'nft'
+
+    @property
+    def command(self) -> str:
+        if self.native:
+            return 'nft insert rule {} {} {}'.format(self.table, self.chain, self.rule)
+        table = '' if self.table == 'filter' else '-t {} '.format(self.table)
+        return '{} {}-I {} {} {}'.format(self.tool, table, self.chain, self.position or 1, self.rule)
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A fix: insertions made in order (the literal mode's lo ACCEPT then its DROP)."""
+
+    steps: Tuple[Insertion, ...]
+
+    @property
+    def command(self) -> str:
+        return ' && '.join(step.command for step in self.steps)
 
 
 @dataclass(frozen=True)
@@ -62,7 +104,8 @@ class RequirementResult:
     deciding: Optional[Position] = None
     verdict: Optional[str] = None
     deviations: Tuple[Deviation, ...] = ()
-    remediation: Tuple[str, ...] = ()
+    remediation: Tuple[str, ...] = ()  # the commands of ``fixes``
+    fixes: Tuple[Fix, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """Evaluator unit tests on strings: one or more per bullet of spec sections 2 (effective) and 3 (literal)."""
+from types import MappingProxyType
+
 import pytest
 
 from datadog_checks.loopback_traffic import classify as classify_module
 from datadog_checks.loopback_traffic.classify import ALL, NONE, SOME, classify
-from datadog_checks.loopback_traffic.evaluator import LITERAL
+from datadog_checks.loopback_traffic.evaluator import LITERAL, Source, evaluate
+from datadog_checks.loopback_traffic.model import STATEMENT, BaseChain, Chain, Match, Option, Rule, Ruleset, Table, Target
 from datadog_checks.loopback_traffic.parser import parse_ruleset
 from datadog_checks.loopback_traffic.requirements import (
     INPUT_ACCEPT_LO,
@@ -14,7 +17,7 @@ from datadog_checks.loopback_traffic.requirements import (
     SET_LOOPBACK_TRAFFIC,
     rule_for_family,
 )
-from datadog_checks.loopback_traffic.results import Status
+from datadog_checks.loopback_traffic.results import SYNPROXY_PART, Fix, Insertion, Status
 
 from .rulesets import CIS_V4, CIS_V6, evaluate_text, filter_table, table
 
@@ -96,6 +99,212 @@ def test_classify_ipv4(criteria, requirement, expected):
 )
 def test_classify_ipv6_prefixes(criteria, expected):
     assert classify(one_rule(criteria), V6_CLASSES[INPUT_DROP_LOOPBACK_SOURCE]) is expected
+
+
+# --- section 2, "What the class's packets are known to be": one or more per bullet -------------------
+
+
+def decided(result, requirement):
+    """The requirement's status and its deciding rule (table, chain, position; None: the policy)."""
+    found = result.requirement(requirement)
+    return found.status, (found.deciding.table, found.deciding.chain, found.deciding.index)
+
+
+def deviating(result, requirement):
+    return [(d.where.table, d.where.chain, d.where.index, d.verdict, d.part) for d in result.requirement(requirement).deviations]
+
+
+MANGLE_MARK = table('mangle', ['-A PREROUTING -j MARK --set-xmark 0x8000/0x8000'])
+MARK_DROP_BEFORE_LO = filter_table('-A INPUT -m mark --mark 0x8000/0x8000 -j DROP', '-A INPUT -i lo -j ACCEPT')
+
+
+def test_state_a_mark_set_in_an_earlier_chain_of_the_path_decides_a_later_match():
+    result = evaluate_text(MANGLE_MARK + MARK_DROP_BEFORE_LO)
+    assert decided(result, INPUT_ACCEPT_LO) == (FAIL, ('filter', 'INPUT', 1))
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (PASS, ('filter', 'INPUT', 1))
+    assert deviating(result, INPUT_ACCEPT_LO) == []
+
+
+def test_state_without_the_mark_the_match_stays_some():
+    result = evaluate_text(MARK_DROP_BEFORE_LO)
+    assert decided(result, INPUT_ACCEPT_LO) == (PARTIAL, ('filter', 'INPUT', 2))
+
+
+def test_state_a_mark_set_earlier_in_the_same_chain():
+    result = evaluate_text(filter_table('-A INPUT -j MARK --set-mark 0x1', '-A INPUT -m mark --mark 0x1 -j ACCEPT', input_policy='DROP'))
+    assert decided(result, INPUT_ACCEPT_LO) == (PASS, ('filter', 'INPUT', 2))
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (FAIL, ('filter', 'INPUT', 2))
+
+
+def test_state_the_mark_is_known_in_a_user_chain_entered_after_it_is_set():
+    text = MANGLE_MARK + filter_table('-A INPUT -j CHECK', '-A INPUT -i lo -j ACCEPT', '-A CHECK -m mark --mark 0x8000/0x8000 -j DROP', chains=['CHECK'])
+    assert decided(evaluate_text(text), INPUT_ACCEPT_LO) == (FAIL, ('filter', 'CHECK', 1))
+
+
+def test_state_set_bits_that_contradict_the_match_make_it_none():
+    text = table('mangle', ['-A PREROUTING -j MARK --set-xmark 0x0/0x8000']) + MARK_DROP_BEFORE_LO
+    result = evaluate_text(text)
+    assert decided(result, INPUT_ACCEPT_LO) == (PASS, ('filter', 'INPUT', 2))
+    assert deviating(result, INPUT_ACCEPT_LO) == []
+
+
+def test_state_a_mark_set_for_part_of_the_class_stays_some():
+    text = table('mangle', ['-A PREROUTING -p tcp -j MARK --set-xmark 0x8000/0x8000']) + MARK_DROP_BEFORE_LO
+    result = evaluate_text(text)
+    assert decided(result, INPUT_ACCEPT_LO) == (PARTIAL, ('filter', 'INPUT', 2))
+    assert deviating(result, INPUT_ACCEPT_LO) == [('filter', 'INPUT', 1, 'deny', '')]
+
+
+def test_state_a_mark_changed_for_part_of_the_class_afterwards_is_no_longer_known():
+    text = table('mangle', ['-A PREROUTING -j MARK --set-xmark 0x8000/0x8000', '-A INPUT -p udp -j MARK --set-xmark 0x0/0x8000']) + MARK_DROP_BEFORE_LO
+    assert decided(evaluate_text(text), INPUT_ACCEPT_LO) == (PARTIAL, ('filter', 'INPUT', 2))
+
+
+def test_state_a_chain_that_accepts_part_of_the_class_before_setting_the_mark_leaves_it_unknown():
+    text = table('mangle', ['-A PREROUTING -p tcp -j ACCEPT', '-A PREROUTING -j MARK --set-xmark 0x8000/0x8000']) + MARK_DROP_BEFORE_LO
+    assert decided(evaluate_text(text), INPUT_ACCEPT_LO) == (PARTIAL, ('filter', 'INPUT', 2))
+
+
+def test_state_connmark():
+    text = table('mangle', ['-A PREROUTING -j CONNMARK --set-xmark 0x1/0xffffffff'])
+    text += filter_table('-A INPUT -m connmark --mark 0x1 -j DROP', '-A INPUT -i lo -j ACCEPT')
+    result = evaluate_text(text)
+    assert decided(result, INPUT_ACCEPT_LO) == (FAIL, ('filter', 'INPUT', 1))
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (PASS, ('filter', 'INPUT', 1))
+
+
+def test_state_untracked_after_an_unconditional_notrack():
+    text = table('raw', ['-A PREROUTING -j CT --notrack', '-A OUTPUT -j NOTRACK'])
+    text += filter_table('-A INPUT -m conntrack --ctstate UNTRACKED -j DROP', '-A OUTPUT -m state --state UNTRACKED -j DROP')
+    result = evaluate_text(text)
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (PASS, ('filter', 'INPUT', 1))
+    assert decided(result, OUTPUT_ACCEPT_LO) == (FAIL, ('filter', 'OUTPUT', 1))
+
+
+def test_state_notrack_after_conntrack_or_for_packets_already_tracked_does_nothing():
+    # lo input packets were tracked on their way out: a notrack in raw PREROUTING leaves them be.
+    text = table('raw', ['-A PREROUTING -j CT --notrack']) + filter_table('-A INPUT -m conntrack --ctstate UNTRACKED -j DROP', '-A INPUT -i lo -j ACCEPT')
+    assert decided(evaluate_text(text), INPUT_ACCEPT_LO) == (PARTIAL, ('filter', 'INPUT', 2))
+
+
+def test_state_untracked_packets_skip_the_nat_chains():
+    text = table('raw', ['-A PREROUTING -j CT --notrack']) + table('nat', policies={'PREROUTING': 'DROP'})
+    assert decided(evaluate_text(text), INPUT_DROP_LOOPBACK_SOURCE) == (FAIL, ('raw', 'PREROUTING', None))
+    tracked = evaluate_text(table('nat', policies={'PREROUTING': 'DROP'}))
+    assert decided(tracked, INPUT_DROP_LOOPBACK_SOURCE) == (PARTIAL, ('nat', 'PREROUTING', None))
+
+
+def _native_table(*chains):
+    return Table('t', MappingProxyType({chain.name: chain for chain in chains}), family='inet', native=True)
+
+
+def _native_chain(name, hook, priority, *rules, policy='ACCEPT'):
+    return Chain(name, policy, tuple(rules), lambda parsed: parsed, base=BaseChain(hook, priority))
+
+
+def test_state_native_meta_mark_set_arrives_in_the_actions():
+    mark = Target('MARK', ('--set-xmark', '0x8000/0xffffffff'), kind=STATEMENT)
+    pre = _native_chain('pre', 'prerouting', -150, Rule('pre', (), Target('ACCEPT', kind=STATEMENT), actions=(mark,), text='meta mark set 0x8000 accept'))
+    mark_drop = Rule('in', (Match('mark', (Option('--mark', ('0x8000',)),)),), Target('DROP', kind=STATEMENT), text='meta mark 0x8000 drop')
+    lo_accept = Rule('in', (Match('', (Option('-i', ('lo',)),)),), Target('ACCEPT', kind=STATEMENT), text='iif lo accept')
+    ruleset = Ruleset(MappingProxyType({'t': _native_table(pre, _native_chain('in', 'input', 0, mark_drop, lo_accept))}))
+    result = evaluate(SET_LOOPBACK_TRAFFIC, [Source(ruleset)])
+    assert decided(result, INPUT_ACCEPT_LO) == (FAIL, ('inet t', 'in', 1))
+    # ... and as the target of a rule that holds only the statement.
+    pre = _native_chain('pre', 'prerouting', -150, Rule('pre', (), mark, text='meta mark set 0x8000'))
+    ruleset = Ruleset(MappingProxyType({'t': _native_table(pre, _native_chain('in', 'input', 0, mark_drop, lo_accept))}))
+    assert decided(evaluate(SET_LOOPBACK_TRAFFIC, [Source(ruleset)]), INPUT_ACCEPT_LO) == (FAIL, ('inet t', 'in', 1))
+
+
+def test_addrtype_anti_spoofing_passes():
+    result = evaluate_text(filter_table('-A INPUT -m addrtype --src-type LOCAL ! -i lo -j DROP'))
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (PASS, ('filter', 'INPUT', 1))
+    assert decided(result, INPUT_ACCEPT_LO) == (PASS, ('filter', 'INPUT', None))
+
+
+def test_addrtype_dst_local_accepts_the_lo_classes():
+    result = evaluate_text(filter_table('-A INPUT -m addrtype --dst-type LOCAL -i lo -j ACCEPT', input_policy='DROP'))
+    assert decided(result, INPUT_ACCEPT_LO) == (PASS, ('filter', 'INPUT', 1))
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (PASS, ('filter', 'INPUT', None))
+
+
+def test_rpfilter_invert_drops_the_spoofed_class_and_not_lo():
+    result = evaluate_text(table('raw', ['-A PREROUTING -m rpfilter --invert -j DROP']))
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (PASS, ('raw', 'PREROUTING', 1))
+    assert decided(result, INPUT_ACCEPT_LO) == (PASS, ('raw', 'PREROUTING', None))
+    assert deviating(result, INPUT_ACCEPT_LO) == []
+
+
+def test_rpfilter_without_invert_accepts_lo_only():
+    result = evaluate_text(filter_table('-A INPUT -m rpfilter -j ACCEPT', input_policy='DROP'))
+    assert decided(result, INPUT_ACCEPT_LO) == (PASS, ('filter', 'INPUT', 1))
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (PASS, ('filter', 'INPUT', None))
+
+
+def test_physdev_is_none_for_the_lo_classes_and_some_otherwise():
+    result = evaluate_text(filter_table('-A INPUT -m physdev --physdev-in eth0 -j DROP', '-A INPUT -s 127.0.0.0/8 -j DROP'))
+    assert decided(result, INPUT_ACCEPT_LO) == (FAIL, ('filter', 'INPUT', 2))
+    assert deviating(result, INPUT_ACCEPT_LO) == []
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (PASS, ('filter', 'INPUT', 2))
+    some = evaluate_text(filter_table('-A INPUT -m physdev --physdev-in eth0 -j ACCEPT', '-A INPUT -s 127.0.0.0/8 -j DROP'))
+    assert decided(some, INPUT_DROP_LOOPBACK_SOURCE) == (PARTIAL, ('filter', 'INPUT', 2))
+    assert deviating(some, INPUT_DROP_LOOPBACK_SOURCE) == [('filter', 'INPUT', 1, 'accept', '')]
+
+
+def test_sets_whose_contents_are_not_read_are_some():
+    result = evaluate_text(filter_table('-A INPUT -m set --match-set blocked src -j DROP', '-A INPUT -i lo -j ACCEPT'))
+    assert decided(result, INPUT_ACCEPT_LO) == (PARTIAL, ('filter', 'INPUT', 2))
+    assert deviating(result, INPUT_ACCEPT_LO) == [('filter', 'INPUT', 1, 'deny', '')]
+
+
+def test_coverage_two_drops_that_cover_the_class_leave_no_bulk():
+    result = evaluate_text(filter_table('-A INPUT -s 127.0.0.0/9 -j DROP', '-A INPUT -s 127.128.0.0/9 -j DROP'))
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (PASS, ('filter', 'INPUT', 2))
+    assert deviating(result, INPUT_DROP_LOOPBACK_SOURCE) == []
+    # Every part denied: the accept requirement fails (none got the required verdict).
+    assert decided(result, INPUT_ACCEPT_LO) == (FAIL, ('filter', 'INPUT', 2))
+
+
+def test_coverage_parts_with_different_verdicts_are_partial():
+    result = evaluate_text(filter_table('-A INPUT -s 127.0.0.0/9 -j ACCEPT', '-A INPUT -s 127.128.0.0/10 -j DROP', '-A INPUT -s 127.192.0.0/10 -j DROP'))
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (PARTIAL, ('filter', 'INPUT', 3))
+    assert deviating(result, INPUT_DROP_LOOPBACK_SOURCE) == [('filter', 'INPUT', 1, 'accept', '')]
+
+
+def test_coverage_in_one_rule_with_several_sources():
+    result = evaluate_text(filter_table('-A INPUT -s 127.0.0.0/9,127.128.0.0/9 -j DROP'))
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (PASS, ('filter', 'INPUT', 1))
+
+
+def test_coverage_needs_the_other_conditions_to_hold_for_all():
+    result = evaluate_text(filter_table('-A INPUT -s 127.0.0.0/9 -j DROP', '-A INPUT -p tcp -s 127.128.0.0/9 -j DROP'))
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (FAIL, ('filter', 'INPUT', None))
+
+
+def test_synproxy_denies_the_tcp_syn_part_of_the_class():
+    text = filter_table('-A INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j SYNPROXY --sack-perm --timestamp --wscale 7 --mss 1460',
+                        '-A INPUT -i lo -j ACCEPT', '-A INPUT -s 127.0.0.0/8 -j DROP')
+    result = evaluate_text(text)
+    assert decided(result, INPUT_ACCEPT_LO) == (PARTIAL, ('filter', 'INPUT', 2))
+    assert deviating(result, INPUT_ACCEPT_LO) == [('filter', 'INPUT', 1, 'deny', SYNPROXY_PART)]
+    assert decided(result, INPUT_DROP_LOOPBACK_SOURCE) == (PASS, ('filter', 'INPUT', 3))
+    # Even with a match that takes the whole class, only its SYNs are denied.
+    alone = evaluate_text(filter_table('-A INPUT -j SYNPROXY', '-A INPUT -i lo -j ACCEPT'))
+    assert decided(alone, INPUT_ACCEPT_LO) == (PARTIAL, ('filter', 'INPUT', 2))
+
+
+# --- the result as data ---------------------------------------------------------------------------------
+
+
+def test_the_fix_is_data_and_its_command_the_remediation():
+    accept = evaluate_text(filter_table('-A INPUT -s 127.0.0.0/8 -j DROP', '-A INPUT -i lo -j ACCEPT')).requirement(INPUT_ACCEPT_LO)
+    assert accept.fixes == (Fix((Insertion('iptables', 'filter', 'INPUT', 1, '-i lo -j ACCEPT'),)),)
+    assert accept.remediation == tuple(fix.command for fix in accept.fixes) == ('iptables -I INPUT 1 -i lo -j ACCEPT',)
+    raw = evaluate_text(filter_table('-A INPUT -i lo -j ACCEPT') + table('raw', ['-A PREROUTING -i lo -j DROP'])).requirement(INPUT_ACCEPT_LO)
+    assert raw.fixes[0].steps[0] == Insertion('iptables', 'raw', 'PREROUTING', 1, '-i lo -j ACCEPT')
+    literal = evaluate_text(filter_table(), mode=LITERAL).requirement(INPUT_DROP_LOOPBACK_SOURCE)
+    assert [(s.chain, s.position, s.rule) for s in literal.fixes[0].steps] == [('INPUT', 1, '-i lo -j ACCEPT'), ('INPUT', 2, '-s 127.0.0.0/8 -j DROP')]
+    assert literal.remediation == ('iptables -I INPUT 1 -i lo -j ACCEPT && iptables -I INPUT 2 -s 127.0.0.0/8 -j DROP',)
 
 
 # --- section 2, "The path" ---------------------------------------------------------------------------
