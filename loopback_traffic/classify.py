@@ -9,6 +9,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from dataclasses import replace
 from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -77,13 +78,17 @@ def _disjunction(relations: Iterable[Relation]) -> Relation:
 
 
 def _parse_network(text: str, family_of: IPNetwork) -> Optional[IPNetwork]:
+    return _network_of_version(text, family_of.version)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _network_of_version(text: str, version: int) -> Optional[IPNetwork]:
+    """Parsed once per text: a rule is classified for every class, and rulesets repeat addresses."""
     try:
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         return None
-    if network.version != family_of.version:
-        return None
-    return network
+    return network if network.version == version else None
 
 
 def _networks(values: Sequence[str], family_of: IPNetwork) -> Optional[List[IPNetwork]]:

@@ -520,7 +520,7 @@ def _path(requirement: Requirement, family: str, packets: PacketClass, sources: 
         for table in source.ruleset.tables.values():
             if not _takes_part(table, family):
                 continue
-            for chain in table.chains.values():
+            for chain in table.base_chains:
                 on_path = _path_chain(source, table, chain, requirement, packets)
                 if on_path is not None:
                     found.append(on_path)
@@ -626,12 +626,13 @@ def _walk_in_order(packets: PacketClass, paths: Sequence[_PathChain], required: 
 
 def _walk_path(requirement: Requirement, packets: PacketClass, paths: Sequence[_PathChain], walk: _Walk) -> List[_HookResult]:
     """Every chain of the path, walked for the class. For the deny requirement the chains that see
-    only part of the class (nat, other devices' ingress) are walked only when no other chain denies
-    the whole class: they cannot do better (a Kubernetes node's nat service chains are not read)."""
+    only part of the class (nat, other devices' ingress) are walked only when every other chain
+    fails: they cannot do better than partial (a Kubernetes node's nat service chains are not read)."""
     walkers: Dict = {}
     deny = requirement.required == DENY
     results, skipped = _walk_in_order(packets, paths, requirement.required, walkers, walk, deny)
-    if skipped and not any(result.status is Status.PASS for result in results):
+    # They can make a deny at most partial: they matter only where every other chain fails.
+    if skipped and all(result.status is Status.FAIL for result in results):
         results, _ = _walk_in_order(packets, paths, requirement.required, walkers, walk, False)
     walk.count(walkers, paths)
     return results
