@@ -1,39 +1,47 @@
-"""The Agent check: thin glue from the Agent to the pipeline and back."""
+"""The Agent check: thin glue from the Agent to the pipeline and back. Every word it sends or logs about
+a result is written in :mod:`.report`."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+import datetime
+import time
+from typing import Any, Dict, Optional, Set
 
 from datadog_checks.base import AgentCheck, ConfigurationError
+from datadog_checks.base.agent import datadog_agent
 
 from .applicability import Applicability, ApplicabilityChecker
-from .saves import unusable_commands
 from .config import InvalidConfiguration, parse_options
 from .config_models import ConfigMixin
 from .pipeline import InstanceState, Outcome, run_rule
-from .report import NAMESPACE, submissions
+from .waivers import Applied
+from .report import NAMESPACE, RuleState, apply_waivers, change, expired_waiver_log, submissions
 from .requirements import rule_for_family
 from .results import RuleResult, Status
+from .saves import unusable_commands
 
 
 class LoopbackTrafficCheck(AgentCheck, ConfigMixin):
     __NAMESPACE__ = NAMESPACE
 
-    def __init__(self, name, init_config, instances):
+    def __init__(self, name: str, init_config: Any, instances: Any) -> None:
         super().__init__(name, init_config, instances)
         try:
-            self.options = parse_options(self.instance)
+            self.options = parse_options(self.instance, default_proc_path=datadog_agent.get_config('procfs_path') or None)
         except InvalidConfiguration as error:
             raise ConfigurationError(str(error))
         self.applicability = ApplicabilityChecker(self.options)
         self.state = InstanceState()
         self.check_initializations.append(self._check_commands)
-        # What was last logged per family, so that a lasting problem is logged once, not every run.
-        self._last_state: Dict[str, str] = {}
+        # Per rule: what was last reported (a lasting state is logged once) and the status of the last
+        # event sent (one event per status change).
+        self._last_state: Dict[str, RuleState] = {}
+        self._event_statuses: Dict[str, int] = {}
+        self._expired_warned: Set[int] = set()
 
-    def load_configuration_models(self, package_path=None):
+    def load_configuration_models(self, package_path: Optional[str] = None) -> None:
         # The package is importable as datadog_checks.loopback_traffic and, from a source tree, as
         # loopback_traffic: find the models next to this module either way.
-        super().load_configuration_models(package_path or '{}.config_models'.format(__package__))
+        super().load_configuration_models(package_path or '{}.config_models'.format(__package__))  # type: ignore[no-untyped-call]
 
     def _check_commands(self) -> None:
         for deprecation in self.options.deprecations:
@@ -41,15 +49,41 @@ class LoopbackTrafficCheck(AgentCheck, ConfigMixin):
         for problem in unusable_commands(self.options):
             self.log.warning('loopback_traffic: %s; the check reports UNKNOWN until it is installed or configured', problem)
 
-    def check(self, _):
+    def today(self) -> datetime.date:
+        """The date waivers are judged on (UTC)."""
+        return datetime.datetime.now(datetime.timezone.utc).date()
+
+    def check(self, _: Any) -> None:
+        today = self.today()
+        self._warn_expired(today)
+        hostname = datadog_agent.get_hostname() or ''
         for family in self.options.families:
             outcome = self._run(family)
-            self._log_change(family, outcome)
-            report = submissions(outcome, self.options.partial, self.options.tags)
+            applied = apply_waivers(outcome.result, self.options.waivers, today)
+            report = submissions(outcome, self.options.partial, self.options.tags, applied)
             for gauge in report.gauges:
                 self.gauge(gauge.name, gauge.value, tags=list(gauge.tags))
             for service_check in report.service_checks:
-                self.service_check(service_check.name, service_check.status, tags=list(service_check.tags), message=service_check.message)
+                self.service_check(service_check.name, service_check.status, tags=list(service_check.tags), message=service_check.message)  # type: ignore[arg-type]  # None: no message
+            self._report_change(outcome, applied, hostname)
+
+    def _report_change(self, outcome: Outcome, applied: Applied, hostname: str) -> None:
+        rule = outcome.rule.name
+        found = change(
+            outcome, self.options.partial, applied, self._last_state.get(rule), self._event_statuses.get(rule), hostname, self.options.tags
+        )
+        self._last_state[rule] = found.state
+        if found.log is not None:
+            self.log.log(found.log_level, '%s', found.log)
+        if found.event is not None and found.state.status is not None:
+            self.event(found.event.payload(time.time()))
+            self._event_statuses[rule] = found.state.status
+
+    def _warn_expired(self, today: datetime.date) -> None:
+        for waiver in self.options.waivers:
+            if waiver.expired(today) and waiver.index not in self._expired_warned:
+                self._expired_warned.add(waiver.index)
+                self.log.warning('loopback_traffic: %s', expired_waiver_log(waiver))
 
     def _run(self, family: str) -> Outcome:
         try:
@@ -57,24 +91,5 @@ class LoopbackTrafficCheck(AgentCheck, ConfigMixin):
         except Exception as error:  # a bug must not stop the other family or crash the Agent
             self.log.exception('loopback_traffic: unexpected error while evaluating %s', family)
             rule = rule_for_family(family)
-            result = RuleResult(rule, Status.UNKNOWN, error='internal error: {!r}'.format(error), mode=self.options.mode)
+            result: Optional[RuleResult] = RuleResult(rule, Status.UNKNOWN, error='internal error: {!r}'.format(error), mode=self.options.mode)
             return Outcome(rule, Applicability(True, 'unknown'), result, 0.0)
-
-    def _log_change(self, family: str, outcome: Outcome) -> None:
-        result: Optional[RuleResult] = outcome.result
-        if result is None:
-            state = outcome.applicability.reason
-        elif result.status is Status.UNKNOWN:
-            state = 'UNKNOWN: {}'.format(result.error)
-        else:
-            state = 'evaluated'
-        previous = self._last_state.get(family)
-        if state == previous:
-            return
-        self._last_state[family] = state
-        if state.startswith('UNKNOWN'):
-            self.log.warning('%s %s', outcome.rule.name, state)
-        elif result is None:
-            self.log.info('%s %s', outcome.rule.name, state)
-        elif previous is not None:
-            self.log.info('%s can be evaluated again', outcome.rule.name)

@@ -1,11 +1,14 @@
 """Instance options -> validated :class:`Options`. Shared by the Agent check and the CLI. Pure: no I/O."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from . import waivers as waivers_option
 from .evaluator import MODES
 from .requirements import FAMILIES, IPV4, IPV6
+from .waivers import InvalidWaiver, Waiver
 
 LEGACY = 'legacy'
 NFT = 'nft'
@@ -27,8 +30,47 @@ SAVE_COMMAND_OPTIONS: Mapping[Tuple[str, str], str] = {
     (IPV4, LEGACY): 'iptables_legacy_save_command',
     (IPV6, LEGACY): 'ip6tables_legacy_save_command',
 }
+DEFAULT_PROC_PATH = '/proc'
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_OUTPUT_BYTES = 100 * 1024 * 1024
+
+
+# Every option of an instance: this check's own (assets/configuration/spec.yaml) and those of the
+# Agent's `instances/default` template.
+CHECK_OPTIONS = (
+    'families',
+    'applicability',
+    'mode',
+    'partial',
+    'collection',
+    'table_listing_interval',
+    'iptables_save_command',
+    'ip6tables_save_command',
+    'iptables_legacy_save_command',
+    'ip6tables_legacy_save_command',
+    'network_namespace',
+    'use_sudo',
+    'timeout',
+    'max_output_bytes',
+    'ruleset_files',
+    'proc_path',
+    'dpkg_status_file',
+    'rpm_command',
+    'rpm_database_path',
+    'waivers',
+)
+STANDARD_OPTIONS = (
+    'tags',
+    'service',
+    'min_collection_interval',
+    'empty_default_hostname',
+    'metric_patterns',
+    'disable_generic_tags',
+    'enable_legacy_tags_normalization',
+)
+# Keys the Agent itself reads in an instance of any check, next to the template's.
+AGENT_OPTIONS = ('name', 'loader', 'ha_enabled', 'check_tag_cardinality')
+KNOWN_OPTIONS = CHECK_OPTIONS + STANDARD_OPTIONS + AGENT_OPTIONS
 
 
 class InvalidConfiguration(ValueError):
@@ -47,12 +89,13 @@ class Options:
     mode: str = 'effective'
     partial: str = 'warning'
     collection: str = 'auto'
-    proc_path: str = '/proc'
+    proc_path: str = DEFAULT_PROC_PATH
     network_namespace: Optional[str] = None  # judge this namespace (e.g. /host/proc/1/ns/net), not the Agent's
     dpkg_status_file: str = '/var/lib/dpkg/status'
     rpm_command: Tuple[str, ...] = ('rpm',)
     rpm_database_path: str = '/var/lib/rpm'
     tags: Tuple[str, ...] = ()
+    waivers: Tuple[Waiver, ...] = ()  # applied to each result after evaluation (waivers.apply)
     # What the configuration asks for that the check no longer does, one sentence each, for the log.
     deprecations: Tuple[str, ...] = ()
 
@@ -172,8 +215,29 @@ def _collection(instance: Mapping[str, Any]) -> str:
     return _choice(instance, 'collection', COLLECTION, 'auto')
 
 
+def _unknown_options(instance: Mapping[str, Any]) -> Tuple[str, ...]:
+    """A key that is close to an option is a misspelling: an error naming the option. Any other unknown key
+    is only reported (an Agent may add keys of its own): one sentence each, for the log."""
+    unknown = []
+    for key in instance:
+        if key in KNOWN_OPTIONS:
+            continue
+        close = difflib.get_close_matches(str(key), CHECK_OPTIONS + STANDARD_OPTIONS, n=1, cutoff=0.75)
+        if close:
+            raise InvalidConfiguration('unknown option `{}`: did you mean `{}`?'.format(key, close[0]))
+        unknown.append('unknown option `{}` is ignored'.format(key))
+    return tuple(unknown)
+
+
+def _waivers(instance: Mapping[str, Any]) -> Tuple[Waiver, ...]:
+    try:
+        return waivers_option.parse(instance.get('waivers'))
+    except InvalidWaiver as error:
+        raise InvalidConfiguration(str(error))
+
+
 def _deprecations(instance: Mapping[str, Any]) -> Tuple[str, ...]:
-    found = []
+    found = list(_unknown_options(instance))
     if instance.get('collection') == DEPRECATED_COLLECTION:
         found.append('`collection: listing` is deprecated and read as `auto`: the kernel\'s nf_tables ruleset is read over netlink')
     if instance.get('table_listing_interval') is not None:
@@ -181,12 +245,16 @@ def _deprecations(instance: Mapping[str, Any]) -> Tuple[str, ...]:
     return tuple(found)
 
 
-def parse_options(instance: Optional[Mapping[str, Any]]) -> Options:
-    """Validate an instance (a conf.yaml ``instances`` entry). Raises :class:`InvalidConfiguration`."""
+def parse_options(instance: Optional[Mapping[str, Any]], default_proc_path: Optional[str] = None) -> Options:
+    """Validate an instance (a conf.yaml ``instances`` entry). Raises :class:`InvalidConfiguration`.
+
+    ``default_proc_path``: the ``proc_path`` when the instance sets none (in the Agent, its own
+    ``procfs_path`` setting, which containerised Agents set to the host's /proc); /proc without it."""
     if instance is None:
         instance = {}
     if not isinstance(instance, Mapping):
         raise InvalidConfiguration('an instance must be a mapping of options, not {!r}'.format(instance))
+    deprecations = _deprecations(instance)
     max_output = _positive_number(instance, 'max_output_bytes', DEFAULT_MAX_OUTPUT_BYTES)
     return Options(
         families=_families(instance),
@@ -199,11 +267,12 @@ def parse_options(instance: Optional[Mapping[str, Any]]) -> Options:
         mode=_choice(instance, 'mode', MODES, 'effective'),
         partial=_choice(instance, 'partial', PARTIAL, 'warning'),
         collection=_collection(instance),
-        proc_path=_path(instance, 'proc_path', '/proc'),
+        proc_path=_path(instance, 'proc_path', (default_proc_path or '').rstrip('/') or DEFAULT_PROC_PATH),
         network_namespace=_optional_path(instance, 'network_namespace'),
         dpkg_status_file=_path(instance, 'dpkg_status_file', '/var/lib/dpkg/status'),
         rpm_command=_command(instance, 'rpm_command', ('rpm',)),
         rpm_database_path=_path(instance, 'rpm_database_path', '/var/lib/rpm'),
         tags=_tags(instance),
-        deprecations=_deprecations(instance),
+        waivers=_waivers(instance),
+        deprecations=deprecations,
     )

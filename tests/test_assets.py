@@ -31,14 +31,18 @@ EMITTED_METRICS = {
     'loopback_traffic.requirement.status',
     'loopback_traffic.ruleset.rules',
     'loopback_traffic.collection.duration',
+    'loopback_traffic.evaluated',
+    'loopback_traffic.waived',
 }
+# The metrics tagged by requirement.
+REQUIREMENT_METRICS = {'loopback_traffic.requirement.status', 'loopback_traffic.waived'}
 RULES = {'set_loopback_traffic', 'set_ipv6_loopback_traffic'}
 RULE_IDS = {'def-000-byk', 'def-000-mkc'}
 FAMILIES = {'ipv4', 'ipv6'}
 REQUIREMENTS = {'input_accept_lo', 'output_accept_lo', 'input_drop_loopback_source'}
 # Tags the check puts on every submission, with their possible values.
 CHECK_TAGS = {'rule': RULES, 'family': FAMILIES, 'rule_id': RULE_IDS}
-# Only `loopback_traffic.requirement.status` carries `requirement:`.
+# Only REQUIREMENT_METRICS carry `requirement:`.
 REQUIREMENT_TAG = {'requirement': REQUIREMENTS}
 # Tag keys that come from the Agent / unified service tagging rather than the check (dashboard template variables).
 HOST_TAG_KEYS = {'host', 'env', 'service'}
@@ -64,6 +68,8 @@ CHECK_OPTIONS = {
     'rpm_command',
     'rpm_database_path',
     'max_output_bytes',
+    'network_namespace',
+    'waivers',
 }
 STANDARD_OPTIONS = {
     'tags',
@@ -94,6 +100,8 @@ EXPECTED_DEFAULTS = {
     'rpm_database_path': '/var/lib/rpm',
     'max_output_bytes': 104857600,
     'min_collection_interval': 15,
+    'network_namespace': None,
+    'waivers': None,
 }
 ENUMS = {
     'applicability': {'auto', 'always'},
@@ -108,6 +116,7 @@ TRUSTED_PROVIDER_OPTIONS = {
     'iptables_legacy_save_command',
     'ip6tables_legacy_save_command',
     'rpm_command',
+    'network_namespace',
 }
 
 METADATA_HEADER = [
@@ -179,6 +188,25 @@ def test_spec_declares_the_check_options():
     assert set(spec_options()) == CHECK_OPTIONS
     templates = [o.get('template') for o in spec_instance_section()['options']]
     assert 'instances/default' in templates
+
+
+def test_the_check_knows_exactly_the_spec_options():
+    # config.py refuses a misspelt key naming the closest valid one: its list must be the spec's.
+    from datadog_checks.loopback_traffic.config import CHECK_OPTIONS as KNOWN, STANDARD_OPTIONS as STANDARD
+
+    assert set(KNOWN) == set(spec_options())
+    assert set(STANDARD) == STANDARD_OPTIONS
+
+
+def test_waivers_example_is_valid_for_the_check_and_the_model():
+    from datadog_checks.loopback_traffic.config import parse_options
+
+    (example,) = spec_options()['waivers']['value']['example']
+    (waiver,) = parse_options({'waivers': [example]}).waivers
+    assert waiver.chain == 'KUBE-EXTERNAL-SERVICES' and waiver.requirement == 'input_accept_lo'
+    config, error = run_with_models({'waivers': [example], 'network_namespace': '/host/proc/1/ns/net'})
+    assert not error, error
+    assert config.network_namespace == '/host/proc/1/ns/net'
 
 
 def test_model_fields_match_spec():
@@ -430,7 +458,7 @@ FORMULA_FUNCTIONS = {'count_nonzero', 'count_not_null', 'cutoff_min', 'cutoff_ma
 
 def allowed_tags_for(metric):
     tags = dict(CHECK_TAGS)
-    if metric == 'loopback_traffic.requirement.status':
+    if metric in REQUIREMENT_METRICS:
         tags.update(REQUIREMENT_TAG)
     return tags
 
@@ -491,9 +519,20 @@ def walk(node):
             yield from walk(value)
 
 
+EVENT_SOURCE = 'source:loopback_traffic'
+
+
+def event_query_problems(query, template_variables):
+    """An event search of this check's status changes: `source:loopback_traffic` and template variables."""
+    words = query.split()
+    problems = [] if EVENT_SOURCE in words else [f'event query {query!r} does not select {EVENT_SOURCE}']
+    problems += tag_problems([w for w in words if w != EVENT_SOURCE], CHECK_TAGS, template_variables)
+    return problems
+
+
 def dashboard_problems(dashboard):
     template_variables = {v['name'] for v in dashboard.get('template_variables', [])}
-    problems, metric_queries, checks = [], 0, 0
+    problems, metric_queries, checks, event_widgets = [], 0, 0, 0
     for node in walk(dashboard):
         if 'queries' in node:
             names = set()
@@ -508,6 +547,14 @@ def dashboard_problems(dashboard):
                 problems += formula_problems(formula['formula'], names)
         if 'q' in node:
             problems.append(f'legacy request format {node["q"]!r}')
+        if node.get('data_source') == 'event_stream':
+            event_widgets += 1
+            problems += event_query_problems(node['query_string'], template_variables)
+        if node.get('type') == 'event_timeline':
+            event_widgets += 1
+            problems += event_query_problems(node['query'], template_variables)
+        if node.get('type') == 'event_stream':
+            problems.append('event_stream widgets exist on free layouts only: use list_stream')
         if node.get('type') == 'check_status':
             checks += 1
             if node['check'] != SERVICE_CHECK:
@@ -516,8 +563,8 @@ def dashboard_problems(dashboard):
             for key in node.get('group_by', []):
                 if key not in CHECK_TAGS and key not in HOST_TAG_KEYS:
                     problems.append(f'group-by key {key!r} is not emitted')
-    if not metric_queries or not checks:
-        problems.append('no metric query or no check status widget found')
+    if not metric_queries or not checks or not event_widgets:
+        problems.append('no metric query, no check status widget or no event widget found')
     return problems
 
 
@@ -553,6 +600,12 @@ def test_the_query_checker_finds_mistakes():
     assert monitor_query_problems('"loopback_traffic.compliance".over("*").by("host","rule").last(2).count_by_status()') == []
     assert monitor_query_problems('"loopback_traffic.compliance".over("*").by("host","table").last(2).count_by_status()')
     assert monitor_query_problems('"loopback_traffic.can_run".over("*").last(2).count_by_status()')
+    assert event_query_problems('source:loopback_traffic $host $rule', tvars) == []
+    assert event_query_problems('source:loopback_traffic rule:set_loopback', tvars)
+    assert event_query_problems('$host', tvars)
+    assert metric_monitor_problems('max(last_5m):max:loopback_traffic.evaluated{*} by {host,rule} < 1', 1) == []
+    assert metric_monitor_problems('max(last_5m):max:loopback_traffic.evaluated{*} by {host,rule} < 1', 2)
+    assert metric_monitor_problems('max(last_5m):max:loopback_traffic.evaluate{*} by {host,rule} < 1', 1)
 
 
 def test_dashboard_queries_use_emitted_metrics_and_tags():
@@ -567,11 +620,35 @@ def test_dashboard_format():
     ids = [node['id'] for node in walk(dashboard['widgets']) if 'definition' in node]
     assert len(ids) == len(set(ids))
     types = {node['type'] for node in walk(dashboard['widgets']) if 'type' in node and 'title' in node}
-    assert {'query_value', 'query_table', 'check_status', 'timeseries'} <= types
+    assert {'query_value', 'query_table', 'check_status', 'timeseries', 'list_stream', 'event_timeline'} <= types
     text = json.dumps(dashboard)
     for rule in RULES:
         assert f'rule:{rule}' in text
     assert 'requirement' in text and 'loopback_traffic.collection.duration' in text
+    for metric in EMITTED_METRICS:
+        assert metric in text, metric
+
+
+def test_dashboard_opens_with_an_about_group_and_shows_the_status_change_events():
+    dashboard = read_json('assets', 'dashboards', 'loopback_traffic_overview.json')
+    groups = [w['definition'] for w in dashboard['widgets']]
+    assert all(g['type'] == 'group' for g in groups)
+    about = groups[0]
+    assert about['title'] == 'About'
+    (note,) = [w['definition'] for w in about['widgets']]
+    assert note['type'] == 'note'
+    for word in ('input_accept_lo', 'output_accept_lo', 'input_drop_loopback_source', 'UNKNOWN', 'waivers', 'loopback-traffic', 'event'):
+        assert word in note['content'], word
+    (events,) = [g for g in groups if 'event' in g['title'].lower()]
+    kinds = {w['definition']['type'] for w in events['widgets']}
+    assert kinds == {'event_timeline', 'list_stream'}
+    (stream,) = [w['definition'] for w in events['widgets'] if w['definition']['type'] == 'list_stream']
+    (request,) = stream['requests']
+    assert request['response_format'] == 'event_list' and request['query']['event_size'] == 'l'
+    # The same source as the check's events.
+    from datadog_checks.loopback_traffic.report import NAMESPACE
+
+    assert request['query']['query_string'].split()[0] == 'source:' + NAMESPACE
 
 
 def load_monitors():
@@ -579,7 +656,22 @@ def load_monitors():
     return {name: read_json('assets', 'monitors', name) for name in sorted(os.listdir(folder))}
 
 
-def test_monitors_use_emitted_service_check_and_tags():
+METRIC_MONITOR_QUERY = re.compile(
+    r'^(?P<reducer>avg|max|min|sum)\(last_(?P<window>\d+[mh])\):(?P<query>.+?)\s*(?P<op><=|>=|<|>)\s*(?P<threshold>-?[\d.]+)$'
+)
+
+
+def metric_monitor_problems(query, critical):
+    match = METRIC_MONITOR_QUERY.match(query)
+    if not match:
+        return [f'unparsable metric monitor query {query!r}']
+    problems = metric_query_problems(match['query'], set())
+    if float(match['threshold']) != float(critical):
+        problems.append(f'the query threshold {match["threshold"]} is not options.thresholds.critical {critical}')
+    return problems
+
+
+def test_monitors_use_emitted_metrics_service_check_and_tags():
     monitors = load_monitors()
     assert len(monitors) == 2
     for name, monitor in monitors.items():
@@ -587,9 +679,13 @@ def test_monitors_use_emitted_service_check_and_tags():
             monitor
         ), name
         definition = monitor['definition']
-        assert definition['type'] == 'service check', name
-        assert monitor_query_problems(definition['query']) == [], name
-        assert '.by("host","rule")' in definition['query'], name
+        if definition['type'] == 'service check':
+            assert monitor_query_problems(definition['query']) == [], name
+            assert '.by("host","rule")' in definition['query'], name
+        else:
+            assert definition['type'] == 'query alert', name
+            assert metric_monitor_problems(definition['query'], definition['options']['thresholds']['critical']) == [], name
+            assert 'by {host,rule}' in definition['query'], name
         assert 'integration:loopback_traffic' in monitor['tags'], name
         for variable in re.findall(r'\{\{\s*([\w.]+)\.name\s*\}\}', definition['message'] + definition['name']):
             assert variable in {'host', 'rule'}, (name, variable)
@@ -597,18 +693,48 @@ def test_monitors_use_emitted_service_check_and_tags():
 
 def test_monitor_messages_tell_what_to_do():
     for name, monitor in load_monitors().items():
-        message = monitor['definition']['message']
+        definition = monitor['definition']
+        message = definition['message']
         assert 'loopback-traffic' in message, name
         assert 'datadog-agent check loopback_traffic' in message, name
-        assert '{{check_message}}' in message, name
+        assert 'source:loopback_traffic' in message, name  # where the status-change events are
+        if definition['type'] == 'service check':
+            assert '{{check_message}}' in message, name
 
 
-def test_monitor_alert_conditions():
-    by_status = {}
-    for monitor in load_monitors().values():
-        options = monitor['definition']['options']
-        by_status[frozenset(options['thresholds']) - {'ok'}] = options
-    non_compliant = by_status[frozenset({'critical', 'warning'})]
-    assert non_compliant['notify_no_data'] is False
-    cannot_evaluate = by_status[frozenset({'unknown'})]
-    assert cannot_evaluate['notify_no_data'] is True and cannot_evaluate['no_data_timeframe'] > 0
+def monitors_by_title():
+    return {monitor['title']: monitor['definition'] for monitor in load_monitors().values()}
+
+
+def test_the_non_compliant_monitor_pages_on_critical_and_warning_only():
+    definition = monitors_by_title()['Loopback traffic rule not met']
+    options = definition['options']
+    assert definition['type'] == 'service check'
+    assert set(options['thresholds']) == {'critical', 'warning', 'ok'}  # UNKNOWN: the other monitor
+    assert options['notify_no_data'] is False  # a decommissioned host does not page
+
+
+def test_the_cannot_evaluate_monitor_never_pages_on_a_compliance_status():
+    # A service check monitor always alerts on CRITICAL: this one watches the `evaluated` gauge, which is
+    # 0 exactly when the service check is UNKNOWN, and alerts only when it stays 0.
+    definition = monitors_by_title()['Loopback traffic cannot be evaluated']
+    options = definition['options']
+    assert definition['type'] == 'query alert'
+    assert 'loopback_traffic.compliance' not in definition['query']
+    match = METRIC_MONITOR_QUERY.match(definition['query'])
+    assert match['reducer'] == 'max' and match['op'] == '<' and match['query'].startswith('max:loopback_traffic.evaluated{')
+    assert options['thresholds'] == {'critical': 1}
+    assert options['notify_no_data'] is False  # a decommissioned host does not page
+
+
+def test_readme_documents_what_the_check_sends_and_the_monitors():
+    with open(path('README.md'), encoding='utf-8') as f:
+        readme = f.read()
+    for metric in EMITTED_METRICS:
+        assert f'`{metric}`' in readme, metric
+    for title in monitors_by_title():
+        assert title in readme, title
+    for word in ('stopped reporting', 'notify_no_data', 'decommissioned'):
+        assert word in readme, word
+    for word in ('waivers', 'KUBE-EXTERNAL-SERVICES', 'expires', 'justification', 'network_namespace', 'procfs_path'):
+        assert word in readme, word

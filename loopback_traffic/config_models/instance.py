@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from types import MappingProxyType
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from typing_extensions import Literal
@@ -23,6 +24,7 @@ SECURE_FIELD_NAMES = frozenset(
         'ip6tables_save_command',
         'iptables_legacy_save_command',
         'iptables_save_command',
+        'network_namespace',
         'proc_path',
         'rpm_command',
         'rpm_database_path',
@@ -70,6 +72,7 @@ class InstanceConfig(BaseModel):
     metric_patterns: Optional[MetricPatterns] = None
     min_collection_interval: Optional[float] = None
     mode: Optional[Literal['effective', 'literal']] = None
+    network_namespace: Optional[str] = None
     partial: Optional[Literal['warning', 'critical', 'ok']] = None
     proc_path: Optional[str] = None
     rpm_command: Optional[tuple[str, ...]] = None
@@ -80,6 +83,7 @@ class InstanceConfig(BaseModel):
     tags: Optional[tuple[str, ...]] = None
     timeout: Optional[float] = None
     use_sudo: Optional[bool] = None
+    waivers: Optional[tuple[MappingProxyType[str, Any], ...]] = None
 
     @model_validator(mode='before')
     def _initial_validation(cls, values):
