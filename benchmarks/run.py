@@ -266,12 +266,57 @@ def measure_check_run(instance: dict, repeat: int = 5, tracemalloc_run=False, di
         changed = measure(once, repeat, between=forget)
         m.extra['changed_wall'] = changed.wall
         m.extra['changed_cpu'] = changed.cpu
+    if m.ok and state is not None and hasattr(state, 'kernel'):
+        kernel = state.kernel.ruleset
+        if kernel is not None:
+            m.extra['floor'] = measure_floor([key for key in kernel.rules], repeat)
+        sync = kube_proxy_sync(instance)
+        if sync is not None:
+            # A real sync between runs: kube-proxy rewrites filter KUBE-SERVICES (new rule handles,
+            # a new generation); what the check kept from the last run is what it may reuse.
+            synced = measure(once, repeat, between=lambda: (aggregator.reset(), sync()))
+            m.extra['sync_wall'] = synced.wall
+            m.extra['sync_cpu'] = synced.cpu
     if diagnose and m.ok:
         aggregator.reset()
         m.extra.update(diagnose_run(once))
     if not m.note:
         m.note = ('run error: ' + outcome['error']) if outcome.get('error') else ' '.join(outcome.get('statuses', []))
     return m
+
+
+def measure_floor(chains: list, repeat: int) -> dict:
+    """The physical floor: a bare netlink dump of the rules of the chains the verdict needed (the
+    ones the check read), every reply received and dropped undecoded."""
+    from datadog_checks.loopback_traffic import netlink
+    from datadog_checks.loopback_traffic.nf_tables import FAMILY_NAMES
+
+    numbers = {name: number for number, name in FAMILY_NAMES.items()}
+    walls = []
+    for _ in range(max(repeat, 1)):
+        start = time.perf_counter()
+        with netlink.NetlinkReader() as reader:
+            for family, table, chain in chains:
+                attrs = netlink._attr_string(netlink.NFTA_RULE_TABLE, table) + netlink._attr_string(netlink.NFTA_RULE_CHAIN, chain)
+                reader.request(netlink.NFT_MSG_GETRULE, netlink.NFT_MSG_NEWRULE, lambda *_: None, family=numbers[family], attrs=attrs)
+        walls.append(time.perf_counter() - start)
+    return {'wall': statistics.median(walls), 'chains': len(chains)}
+
+
+def kube_proxy_sync(instance: dict):
+    """A function that rewrites the filter table's KUBE-SERVICES chain the way kube-proxy's sync does
+    (``iptables-restore --noflush`` of the whole chain), or None where there is no such chain."""
+    backend = 'legacy' if 'legacy' in ' '.join(instance.get('iptables_save_command', [])) else 'nft'
+    listing = subprocess.run([tool('ipv4', backend), '-t', 'filter', '-S', 'KUBE-SERVICES'], capture_output=True, text=True)
+    if listing.returncode != 0:
+        return None
+    rules = [line for line in listing.stdout.splitlines() if line.startswith('-A ')]
+    text = '*filter\n:KUBE-SERVICES - [0:0]\n' + ''.join(line + '\n' for line in rules) + 'COMMIT\n'
+
+    def sync():
+        subprocess.run([tool('ipv4', backend, 'restore'), '--noflush'], input=text, text=True, check=True)
+
+    return sync
 
 
 def diagnose_run(fn) -> dict:
@@ -592,8 +637,15 @@ def report(data: dict) -> None:
             continue
         changed = (f'{_ms(statistics.median(extra["changed_wall"]))} / {_ms(statistics.median(extra["changed_cpu"]))}'
                    if extra.get('changed_wall') else '-')
-        rows.append([r['preset'], r['backend'], f'{_ms(extra["first_wall"])} / {_ms(extra["first_cpu"])}', changed])
-    print_table(['preset', 'backend', 'first run', 'ruleset changed'], rows)
+        synced = (f'{_ms(statistics.median(extra["sync_wall"]))} / {_ms(statistics.median(extra["sync_cpu"]))}'
+                  if extra.get('sync_wall') else '-')
+        floor = extra.get('floor', {}).get('wall')
+        multiple = (lambda value: f'{value / floor:.1f}x' if floor else '-')
+        rows.append([r['preset'], r['backend'], f'{_ms(extra["first_wall"])} / {_ms(extra["first_cpu"])}', changed, synced,
+                     f'{_ms(floor)} ({extra["floor"]["chains"]} chains)' if floor else '-',
+                     multiple(extra['first_wall']),
+                     multiple(statistics.median(extra['sync_wall'])) if extra.get('sync_wall') else '-'])
+    print_table(['preset', 'backend', 'first run', 'ruleset changed', 'after a sync', 'floor', 'first x', 'sync x'], rows)
     print('  * = the child processes stayed below the measuring process\'s own RSS, so their peak is not '
           'included (see the per-command maxrss of the listing commands)')
     notes = [(r['preset'], r['backend'], w, r[w]['note']) for r in data['results'] for w in ('baseline', 'check')
