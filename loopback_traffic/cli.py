@@ -11,6 +11,8 @@ ruleset is never read beside them), and this host's packages do not make them no
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import json
 import os
 import re
@@ -25,7 +27,7 @@ from .config import APPLICABILITY, PARTIAL, InvalidConfiguration, Options, parse
 from .evaluator import MODES
 from .parser import EVALUATED_TABLES, ParseError, parse_ruleset
 from .pipeline import Outcome, run_rule
-from .report import OK, STATUS_NAMES, printable, service_check_status, to_json, to_text
+from .report import OK, STATUS_NAMES, apply_waivers, printable, service_check_status, to_json, to_text
 from .requirements import FAMILIES, IPV4, IPV6
 from .saves import read_file
 
@@ -350,6 +352,14 @@ def _prepare(arguments: argparse.Namespace) -> Tuple[Options, Dict[str, Tuple[Co
     return options, given
 
 
+def _with_waivers(outcome: Outcome, options: Options) -> Outcome:
+    """The outcome as the Agent reports it: the configuration's waivers applied (judged on today's UTC date)."""
+    if not options.waivers or outcome.result is None:
+        return outcome
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    return dataclasses.replace(outcome, result=apply_waivers(outcome.result, options.waivers, today).result)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = build_parser().parse_args(argv)
     try:
@@ -359,6 +369,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return USAGE_ERROR
     checker = ApplicabilityChecker(options)
     outcomes = [run_rule(options, family, checker, given[family][0] if family in given else None) for family in options.families]
+    outcomes = [_with_waivers(outcome, options) for outcome in outcomes]
     statuses = [service_check_status(o.result, options.partial) for o in outcomes if o.result is not None]
     code = max(statuses, default=OK)
     files = {family: path for family, (_, path) in given.items() if path is not None}

@@ -948,3 +948,16 @@ def test_output_file_that_cannot_be_written_is_a_usage_error(capsys, tmp_path):
     code, out, err = run(['--example', 'compliant', '--format', 'junit', '--output', str(target)], capsys)
     assert (code, out) == (3, '')
     assert err.startswith('loopback-traffic: cannot write {}: '.format(target))
+
+
+def test_the_configurations_waivers_apply_as_in_the_agent(capsys, write):
+    rules = write('rules.v4', '*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n'
+                  '-A INPUT -j KUBE-EXTERNAL-SERVICES\n-A INPUT -i lo -j ACCEPT\n-A INPUT -s 127.0.0.0/8 -j DROP\n-A OUTPUT -o lo -j ACCEPT\n'
+                  '-A KUBE-EXTERNAL-SERVICES -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 30080 -j DROP\nCOMMIT\n')
+    instance = {'ruleset_files': {'ipv4': rules}, 'families': ['ipv4']}
+    unwaived, _, _ = run(['--config', write_config(write, instance)], capsys)
+    assert unwaived == 1  # WARNING: part of the lo traffic is dropped in kube-proxy's chain
+    waiver = {'requirement': 'input_accept_lo', 'chain': 'KUBE-EXTERNAL-*', 'justification': 'NodePorts without local endpoints', 'expires': '2999-12-31'}
+    code, out, _ = run(['--config', write_config(write, dict(instance, waivers=[waiver]), name='waived.yaml')], capsys)
+    assert code == 0, out
+    assert report_lines(out, V4_HEADER)[0] == V4_HEADER + ': OK'
