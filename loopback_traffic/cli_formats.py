@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .__about__ import __version__
 from .pipeline import Outcome
-from .report import CRITICAL, OK, STATUS_NAMES, UNKNOWN, WARNING, printable, service_check_status
+from .report import CRITICAL, OK, STATUS_NAMES, UNKNOWN, WARNING, printable, service_check_status, status_code
 from .requirements import REQUIREMENTS
 from .results import Position, RequirementResult, Status
 
@@ -126,14 +126,7 @@ def _suite(outcome: Outcome, partial: str, files: Mapping[str, str]) -> Tuple[ET
 
 
 def requirement_status(requirement: RequirementResult, partial: str) -> int:
-    """A requirement's status as a service check status (a partial one as ``partial`` says)."""
-    if requirement.status is Status.FAIL:
-        return CRITICAL
-    if requirement.status is Status.UNKNOWN:
-        return UNKNOWN
-    if requirement.status is Status.PARTIAL:
-        return {'warning': WARNING, 'critical': CRITICAL, 'ok': OK}[partial]
-    return OK
+    return status_code(requirement.status, partial)
 
 
 def junit(outcomes: Sequence[Outcome], partial: str, files: Mapping[str, str]) -> str:

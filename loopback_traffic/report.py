@@ -56,14 +56,19 @@ class Submissions:
     service_checks: Tuple[ServiceCheck, ...]
 
 
-def service_check_status(result: RuleResult, partial: str) -> int:
-    if result.status is Status.UNKNOWN:
+def status_code(status: Status, partial: str) -> int:
+    """A rule's or requirement's status as a service check status (a partial one as ``partial`` says)."""
+    if status is Status.UNKNOWN:
         return UNKNOWN
-    if result.status is Status.FAIL:
+    if status is Status.FAIL:
         return CRITICAL
-    if result.status is Status.PARTIAL:
+    if status is Status.PARTIAL:
         return _PARTIAL_STATUS[partial]
     return OK
+
+
+def service_check_status(result: RuleResult, partial: str) -> int:
+    return status_code(result.status, partial)
 
 
 def printable(text: str) -> str:
