@@ -93,17 +93,25 @@ def _read_sets(reader: NetlinkReader, family: str, table: str) -> Iterable[Tuple
         yield (family, table, found.name), replace(found, elements=elements)
 
 
+def _chain_rules(reader: NetlinkReader, key: ChainKey) -> List[KernelRule]:
+    """One chain's rules, read when a walk enters it: `timeout` bounds each such read, not the walk
+    (which on a large node takes longer than the kernel's part of it)."""
+    reader.renew_deadline()
+    return reader.rules(*key)
+
+
 def _read_walking(reader: NetlinkReader, cache: KernelCache, walk: Walk) -> Tuple[KernelRuleset, object]:
     """The ruleset as far as ``walk`` enters it, and what ``walk`` returned; one generation if the
     generation id is the same before and after (``read_consistent`` checks it)."""
     generation = reader.generation()
     start, read = _start(reader, cache, generation)
-    rules = ChainRules(read, lambda key: reader.rules(*key), start.chain_names)
+    rules = ChainRules(read, lambda key: _chain_rules(reader, key), start.chain_names)
     ruleset = replace(start, rules=rules)
     try:
         value = walk(ruleset)
     finally:
         rules.close()
+    reader.renew_deadline()  # for the generation id read after the walk
     return ruleset, value
 
 

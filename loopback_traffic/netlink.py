@@ -581,6 +581,11 @@ class NetlinkReader:
         self._deadline = time.monotonic() + self.timeout
         self.bytes_received = 0
 
+    def renew_deadline(self) -> None:
+        """The time budget starts again (the byte budget does not): for reads spread over a walk
+        whose own work is not the kernel's."""
+        self._deadline = time.monotonic() + self.timeout
+
     # -- the nf_tables requests
 
     def generation(self) -> int:

@@ -447,3 +447,19 @@ def test_a_change_spanning_two_tables_never_gives_a_verdict_no_state_had(netns, 
         flipper.wait()
     assert PASS not in seen and PARTIAL not in seen, seen
     assert seen.count(Status.UNKNOWN) <= runs // 10, seen
+
+
+def test_the_timeout_bounds_each_read_of_the_kernel_not_the_walk(netns, monkeypatch):
+    """A walk longer than `timeout` (a large node's first run) still gets its chains read."""
+    from datadog_checks.loopback_traffic import pipeline
+
+    netns.restore(filter_table('-A INPUT -j SLOW', '-A SLOW -i lo -j ACCEPT', '-A INPUT -s 127.0.0.0/8 -j DROP', '-A OUTPUT -o lo -j ACCEPT', chains=['SLOW']), 'ipv4')
+    real = pipeline.decode_tables
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(0.6)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, 'decode_tables', slow_decode)
+    outcome = evaluate_with(netns, 'ipv4', timeout=0.5)
+    assert outcome.result.status is PASS
