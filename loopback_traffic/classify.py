@@ -12,7 +12,7 @@ import enum
 import functools
 import ipaddress
 from dataclasses import replace
-from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .model import Match, Option, Rule, Target
 from .requirements import (
@@ -102,7 +102,7 @@ def _networks(values: Sequence[str], family_of: IPNetwork) -> Optional[List[IPNe
     return networks
 
 
-def _address_relation(values: tuple, packets: Optional[IPNetwork], family_of: IPNetwork) -> Relation:
+def _address_relation(values: Tuple[str, ...], packets: Optional[IPNetwork], family_of: IPNetwork) -> Relation:
     """``-s``/``-d`` value(s) against the class's addresses (``packets`` None: any address); several
     values (``-s a,b``, or a set's elements) match when any does."""
     if not values:
@@ -114,7 +114,7 @@ def _address_relation(values: tuple, packets: Optional[IPNetwork], family_of: IP
         return ALL if any(network.prefixlen == 0 for network in networks) else SOME
     if any(packets.subnet_of(network) for network in networks):  # type: ignore[arg-type]
         return ALL
-    if all(not packets.overlaps(network) for network in networks):  # type: ignore[arg-type]
+    if all(not packets.overlaps(network) for network in networks):
         return NONE
     return SOME
 
@@ -263,7 +263,7 @@ def _connmark(match: Match, packets: PacketClass) -> Relation:
     return _bits_match(match, packets.ctmark)
 
 
-def _state_names(option: Option) -> set:
+def _state_names(option: Option) -> Set[str]:
     return {name.strip().upper() for name in ','.join(option.values).split(',')}
 
 

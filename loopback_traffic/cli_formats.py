@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .__about__ import __version__
 from .pipeline import Outcome
-from .report import CRITICAL, OK, STATUS_NAMES, UNKNOWN, WARNING, printable, service_check_status, status_code
+from .report import CRITICAL, OK, STATUS_NAMES, WARNING, printable, service_check_status, status_code
 from .requirements import REQUIREMENTS
 from .results import Position, RequirementResult, Status
 

@@ -12,6 +12,7 @@ what happened and how to fix it.
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -39,7 +40,7 @@ class Collected:
     walked: object = field(default=None, compare=False)  # what the walk returned while the kernel was read
 
     @property
-    def identity(self) -> tuple:
+    def identity(self) -> Tuple[object, ...]:
         """Equal for the same ruleset: the same text, or the same nf_tables generation."""
         if self.kernel is not None:
             return (self.backend, self.origin, self.kernel.generation)
@@ -172,11 +173,13 @@ def _legacy(options: Options, family: str, warned: bool = False) -> List[Collect
 
 
 def _nft_variant(command: Tuple[str, ...]) -> Optional[Tuple[str, ...]]:
-    """``iptables-nft-save`` beside a configured ``iptables-legacy-save`` (same wrapper), if installed."""
-    variant = command[-1].replace('legacy', 'nft')
-    if variant == command[-1] or tool_kind(variant) != NFT:
+    """``iptables-nft-save`` beside a save tool that is the legacy variant (``iptables-legacy-save``,
+    or ``iptables-save`` where the alternative points to legacy), through the same wrapper, if installed."""
+    directory, name = os.path.split(command[-1])
+    variant = name.replace('legacy', 'nft') if 'legacy' in name else name.replace('-save', '-nft-save')
+    if variant == name or tool_kind(os.path.join(directory, variant)) != NFT:
         return None
-    return command[:-1] + (variant,)
+    return command[:-1] + (os.path.join(directory, variant),)
 
 
 def _from_saves(options: Options, family: str) -> List[Collected]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import Dict, Generator, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Generator, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .classify import ALL, NONE, SOME, Relation, after, apply, classify, cover
 from .model import INCOMPATIBLE_TABLE, JUMP, STATEMENT, Chain, Rule, Ruleset, RulesUnavailable, Table
@@ -109,7 +109,7 @@ def _handle_words(rule: Rule) -> str:
 
 # Deviations are collected in a shared tree (node = (deviation or None, left, right)) so that combining
 # the summaries of two rules costs O(1); the tree is flattened once per chain on the path.
-_Devs = Optional[tuple]
+_Devs = Optional[Tuple[Any, ...]]
 
 
 def _join(left: _Devs, right: _Devs) -> _Devs:
@@ -440,6 +440,10 @@ class _ChainWalker:
         return _Summary(after.verdict, after.decided_by, escapes, devs)
 
 
+# The walkers of one walk: one per (ruleset, table).
+_Walkers = Dict[Tuple[int, int], _ChainWalker]
+
+
 # --- effective mode: the path ----------------------------------------------------------------------
 
 
@@ -542,6 +546,9 @@ class _Walk:
 
     missing: Optional[Set[Tuple[str, str, str]]] = None
     walked: Dict[Tuple[int, int, str], int] = field(default_factory=dict)
+    # For --explain (explain.py): when a list, each chain walk is added to it as (its result, the
+    # class it was entered with, the walker that holds its views and summaries). Nothing else reads it.
+    trace: Optional[List[Tuple['_HookResult', PacketClass, '_ChainWalker']]] = None
 
     def count(self, walkers: Dict[Tuple[int, int], '_ChainWalker'], paths: Sequence[_PathChain]) -> None:
         for path in paths:
@@ -551,7 +558,7 @@ class _Walk:
                 self.walked[(source, id(walker.table), name)] = len(walker.table.chains[name])
 
 
-def _walk_chain(path: _PathChain, packets: PacketClass, required: str, walkers: Dict, walk: _Walk) -> Tuple[_HookResult, Optional[PacketClass]]:
+def _walk_chain(path: _PathChain, packets: PacketClass, required: str, walkers: "_Walkers", walk: _Walk) -> Tuple[_HookResult, Optional[PacketClass]]:
     """The chain's result for the class, and what the packets it accepts are known to be (None: none)."""
     key = (id(path.source), id(path.table))
     walker = walkers.get(key)
@@ -565,7 +572,10 @@ def _walk_chain(path: _PathChain, packets: PacketClass, required: str, walkers: 
         where = Position(walker.table_name, path.chain.name, None, '({})'.format(path.partial_because), path.source.label)
         deviations = (Deviation(where, ACCEPT),)
         status = Status.PARTIAL
-    return _HookResult(path, status, summary.verdict, summary.decided_by, deviations), view.accepted
+    result = _HookResult(path, status, summary.verdict, summary.decided_by, deviations)
+    if walk.trace is not None:
+        walk.trace.append((result, packets, walker))
+    return result, view.accepted
 
 
 # Where conntrack looks packets up on the prerouting and output hooks (NF_IP_PRI_CONNTRACK): the
@@ -586,7 +596,7 @@ def _initial(packets: PacketClass) -> PacketClass:
     return replace(packets, conntrack=CT_UNATTACHED)
 
 
-def _walk_in_order(packets: PacketClass, paths: Sequence[_PathChain], required: str, walkers: Dict, walk: _Walk, skip_partial: bool) -> Tuple[List[_HookResult], bool]:
+def _walk_in_order(packets: PacketClass, paths: Sequence[_PathChain], required: str, walkers: "_Walkers", walk: _Walk, skip_partial: bool) -> Tuple[List[_HookResult], bool]:
     """The chains of the path walked in the order packets meet them, each for what the class is known
     to be when it gets there: what the chains before set for every packet they accepted. Chains at
     the same place of the path (same hook and priority, in two rulesets) run in an order the check
@@ -628,7 +638,7 @@ def _walk_path(requirement: Requirement, packets: PacketClass, paths: Sequence[_
     """Every chain of the path, walked for the class. For the deny requirement the chains that see
     only part of the class (nat, other devices' ingress) are walked only when every other chain
     fails: they cannot do better than partial (a Kubernetes node's nat service chains are not read)."""
-    walkers: Dict = {}
+    walkers: _Walkers = {}
     deny = requirement.required == DENY
     results, skipped = _walk_in_order(packets, paths, requirement.required, walkers, walk, deny)
     # They can make a deny at most partial: they matter only where every other chain fails.

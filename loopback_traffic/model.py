@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 BUILTIN_CHAINS: Mapping[str, Tuple[str, ...]] = MappingProxyType(
     {
@@ -163,7 +163,7 @@ class Chain:
 
     @cached_property
     def rules(self) -> Tuple[Rule, ...]:
-        found: list = []
+        found: List[Rule] = []
         for raw in self.raw_rules:
             parsed = self._parse_rule(raw)
             # One kernel rule can stand for several (a verdict map: one rule per element).

@@ -82,8 +82,8 @@ class DecodeCache:
     is forgotten at the next one."""
 
     def __init__(self) -> None:
-        self._current: Dict[tuple, DecodedRule] = {}
-        self._previous: Dict[tuple, DecodedRule] = {}
+        self._current: Dict[Tuple[object, ...], DecodedRule] = {}
+        self._previous: Dict[Tuple[object, ...], DecodedRule] = {}
         self.generation: Optional[int] = None
 
     def start(self, generation: int) -> None:
@@ -330,7 +330,7 @@ def _range_networks(low: bytes, high: bytes, version: int) -> Tuple[str, ...]:
     if _int(high) < _int(low):
         return ()
     first, last = _address(low, version), _address(high, version)
-    return tuple(str(net) for net in ipaddress.summarize_address_range(first, last))  # type: ignore[type-var]
+    return tuple(str(net) for net in ipaddress.summarize_address_range(first, last))
 
 
 def _interface_text(data: bytes) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 from types import MappingProxyType
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .model import (
     BUILTIN_CHAINS,
@@ -551,7 +551,7 @@ def _comment_or_blank(text: str, number: int, warnings: List[SaveWarning]) -> bo
 
 
 def _parse_save(
-    first: Tuple[int, str], lines: Iterator[Tuple[int, str]], wanted: Optional[frozenset], warnings: List[SaveWarning]
+    first: Tuple[int, str], lines: Iterator[Tuple[int, str]], wanted: Optional[FrozenSet[str]], warnings: List[SaveWarning]
 ) -> Ruleset:
     parsed: Dict[str, Table] = {}
     skipped: List[str] = []

@@ -44,7 +44,7 @@ class InstanceState:
 
     kernel: KernelCache = field(default_factory=KernelCache)
     decoded: DecodeCache = field(default_factory=DecodeCache)
-    evaluated: Dict[str, Tuple[tuple, RuleResult]] = field(default_factory=dict)
+    evaluated: Dict[str, Tuple[Tuple[object, ...], RuleResult]] = field(default_factory=dict)
 
     def evaluate(self, options: Options, family: str, rule: ComplianceRule, collected: Tuple[Collected, ...]) -> RuleResult:
         identity = tuple(piece.identity for piece in collected)

@@ -29,7 +29,7 @@ def command_line(argv: Sequence[str]) -> str:
     return ' '.join(argv)
 
 
-def _kill_group(process: subprocess.Popen) -> None:
+def _kill_group(process: "subprocess.Popen[bytes]") -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -72,13 +72,13 @@ class _Everything:
 @dataclass
 class _Running:
     argv: Sequence[str]
-    process: subprocess.Popen
+    process: "subprocess.Popen[bytes]"
     sinks: Dict[str, _Sink]
     sizes: Dict[str, int]
     open_streams: int = 2
 
 
-def _start(argv: Sequence[str], not_found_hint: str) -> subprocess.Popen:
+def _start(argv: Sequence[str], not_found_hint: str) -> "subprocess.Popen[bytes]":
     try:
         return subprocess.Popen(
             list(argv),
