@@ -587,3 +587,13 @@ def test_e2e_empty_namespace(aggregator, dd_run_check, netns):
     dd_run_check(make_check(**namespace_instance(netns)))
     aggregator.assert_service_check(SERVICE_CHECK, AgentCheck.CRITICAL, tags=V4_TAGS, count=1)
     assert_requirement_statuses(aggregator, V4_TAGS, [0, 0, 2])
+
+
+def test_options_of_replaced_mechanisms_still_load_with_a_warning(dd_run_check, caplog, saved):
+    caplog.set_level(logging.INFO)
+    check = make_check(collection='listing', table_listing_interval=600)
+    assert check.options.collection == 'auto'
+    dd_run_check(check)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any('`collection: listing` is deprecated' in w for w in warnings), warnings
+    assert any('`table_listing_interval` is deprecated and ignored' in w for w in warnings), warnings
