@@ -17,7 +17,7 @@ import json
 import os
 import re
 import sys
-from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
 from .__about__ import __version__
 from .applicability import ApplicabilityChecker
@@ -25,10 +25,11 @@ from .cli_formats import EVALUATE_ANYWAY, junit, sarif
 from .collect import Collected, CollectionError, collected_text, read_stream
 from .config import APPLICABILITY, PARTIAL, InvalidConfiguration, Options, parse_options
 from .evaluator import MODES
+from .explain import ExplainingState
 from .parser import EVALUATED_TABLES, ParseError, parse_ruleset
 from .pipeline import Outcome, run_rule
 from .report import OK, STATUS_NAMES, apply_waivers, printable, service_check_status, to_json, to_text
-from .requirements import FAMILIES, IPV4, IPV6
+from .requirements import FAMILIES, IPV4, IPV6, REQUIREMENTS
 from .saves import read_file
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'examples')
@@ -49,7 +50,7 @@ def _families(text: str) -> List[str]:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # exit 3 (UNKNOWN) like every other usage error, not argparse's 2 (CRITICAL)
+    def error(self, message: str) -> NoReturn:  # exit 3 (UNKNOWN) like every other usage error, not argparse's 2 (CRITICAL)
         self.print_usage(sys.stderr)
         self.exit(USAGE_ERROR, '{}: error: {}\n'.format(self.prog, message))
 
@@ -84,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         '--format', choices=FORMATS, default='text', help='text (default, the human report), json, junit (JUnit XML) or sarif (SARIF 2.1.0)'
     )
     formats.add_argument('--json', dest='format', action='store_const', const='json', help='the same as --format json')
+    output.add_argument(
+        '--explain',
+        metavar='REQUIREMENT',
+        choices=[requirement.name for requirement in REQUIREMENTS],
+        help='also show the walk of one requirement ({}): chain by chain, rule by rule, each rule\'s relation '
+        '(none/some/all) to its packet class and what it decided (after the text report; on standard error '
+        'when standard output gets another format)'.format(', '.join(requirement.name for requirement in REQUIREMENTS)),
+    )
     output.add_argument(
         '--output', metavar='FILE', help='write the report in --format to FILE; standard output then shows the human report'
     )
@@ -305,6 +314,20 @@ def human(outcomes: Sequence[Outcome], partial: str) -> str:
     return ''.join(parts)
 
 
+def explanations(requirement: str, outcomes: Sequence[Outcome], states: Mapping[str, ExplainingState]) -> str:
+    """``--explain``: the walk of the requirement for each rule evaluated (before waivers)."""
+    parts = []
+    for outcome in outcomes:
+        found = states[outcome.rule.family].explanations.get(outcome.rule.family)
+        if found is not None:
+            parts.append(found.text)
+        elif outcome.result is None:
+            parts.append('{} ({}), {}: not explained: the rule is not applicable\n'.format(outcome.rule.name, outcome.rule.family, requirement))
+        else:
+            parts.append('{} ({}), {}: not explained: {}\n'.format(outcome.rule.name, outcome.rule.family, requirement, outcome.result.error))
+    return '\n'.join(parts)
+
+
 def render(format_name: str, outcomes: Sequence[Outcome], partial: str, files: Mapping[str, str], code: int) -> str:
     if format_name == 'json':
         return json.dumps({'rules': [to_json(o, partial) for o in outcomes]}, indent=2) + '\n'
@@ -368,7 +391,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print('loopback-traffic: {}'.format(error), file=sys.stderr)
         return USAGE_ERROR
     checker = ApplicabilityChecker(options)
-    outcomes = [run_rule(options, family, checker, given[family][0] if family in given else None) for family in options.families]
+    states = {family: ExplainingState(arguments.explain) for family in options.families} if arguments.explain else {}
+    outcomes = [
+        run_rule(options, family, checker, given[family][0] if family in given else None, states.get(family)) for family in options.families
+    ]
+    explained = explanations(arguments.explain, outcomes, states) if arguments.explain else ''
     outcomes = [_with_waivers(outcome, options) for outcome in outcomes]
     statuses = [service_check_status(o.result, options.partial) for o in outcomes if o.result is not None]
     code = max(statuses, default=OK)
@@ -385,6 +412,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = render(shown, outcomes, options.partial, files, code)
     if shown == 'text' and wants_colour(sys.stdout, os.environ):
         text = colour(text)
+    if explained and shown == 'text':
+        text += '\n' + explained
+    elif explained:
+        sys.stderr.write(explained)
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
