@@ -232,13 +232,18 @@ def test_use_sudo_reads_every_backend_through_the_readme_sudoers_line(netns, sud
             assert netns.run(['cat', '/proc/net/' + name], check=True).stdout == '', name
 
 
-def test_use_sudo_on_a_legacy_host(netns, sudo_user):
-    """A host whose iptables-save alternative is the legacy one (in the namespace's own /etc/alternatives copy)."""
+def point_save_alternatives_to_legacy(netns):
+    """iptables-save and ip6tables-save point to the legacy variant, in the namespace's own /etc/alternatives copy."""
     alternatives = netns.overlay_etc('alternatives')
     for base in ('iptables', 'ip6tables'):
         link = os.path.join(alternatives, base + '-save')
         os.unlink(link)
         os.symlink('/usr/sbin/{}-legacy-save'.format(base), link)
+
+
+def test_use_sudo_on_a_legacy_host(netns, sudo_user):
+    """A host whose iptables-save alternative is the legacy one (in the namespace's own /etc/alternatives copy)."""
+    point_save_alternatives_to_legacy(netns)
     assert 'legacy' in netns.run(['readlink', '-f', '/usr/sbin/iptables-save'], check=True).stdout
     load(netns, legacy=CIS)
     pipeline = pipeline_as_user(netns, sudo_user)
@@ -246,7 +251,6 @@ def test_use_sudo_on_a_legacy_host(netns, sudo_user):
     report('legacy-host', pipeline, agent)
     assert_no_sudo_refusal(pipeline)
     for family, result in pipeline['families'].items():
-        base = 'iptables' if family == 'ipv4' else 'ip6tables'
         assert result['status'] == 'PASS', (family, result)
         for origin in result['origins']:
             assert re.fullmatch(r'sudo -n (ip6?tables(-legacy|-nft)?-save)', origin), origin
@@ -288,11 +292,7 @@ def test_use_sudo_sees_a_misordered_legacy_ruleset(netns, sudo_user, backend):
 
 def test_use_sudo_on_a_legacy_host_still_reads_the_nf_tables_rules(netns, sudo_user):
     """Where iptables-save is the legacy variant, nf_tables rules are read with iptables-nft-save (allowed by the line)."""
-    alternatives = netns.overlay_etc('alternatives')
-    for base in ('iptables', 'ip6tables'):
-        link = os.path.join(alternatives, base + '-save')
-        os.unlink(link)
-        os.symlink('/usr/sbin/{}-legacy-save'.format(base), link)
+    point_save_alternatives_to_legacy(netns)
     load(netns, legacy=CIS)
     netns.run(['iptables-nft', '-I', 'INPUT', '1', '-i', 'lo', '-j', 'DROP'], check=True)
     pipeline = pipeline_as_user(netns, sudo_user)
