@@ -35,7 +35,6 @@ from .requirements import (
     OUTPUT,
     PREROUTING,
     QUEUE,
-    REQUIREMENTS,
     ComplianceRule,
     Interfaces,
     IPNetwork,
@@ -874,11 +873,11 @@ def evaluate(
     try:
         _check_incompatible(sources)
         if mode == LITERAL:
-            results = tuple(_evaluate_requirement_literal(rule, requirement, sources) for requirement in REQUIREMENTS)
-            for requirement in REQUIREMENTS:
+            results = tuple(_evaluate_requirement_literal(rule, requirement, sources) for requirement in rule.requirements)
+            for requirement in rule.requirements:
                 walk.count({}, _path(requirement, rule.family, requirement.packet_class(rule.loopback), sources))
         else:
-            results = tuple(_evaluate_requirement_effective(rule, requirement, sources, walk) for requirement in REQUIREMENTS)
+            results = tuple(_evaluate_requirement_effective(rule, requirement, sources, walk) for requirement in rule.requirements)
     except Unevaluable as error:
         return RuleResult(rule, Status.UNKNOWN, error='cannot evaluate the ruleset: {}'.format(error), mode=mode)
     except ParseError as error:

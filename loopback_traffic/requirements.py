@@ -229,6 +229,7 @@ class ComplianceRule:
     loopback: IPNetwork
     iptables: str  # the command that changes this family's rules
     save_tool: str
+    requirements: Tuple[Requirement, ...] = REQUIREMENTS
 
     @property
     def loopback_text(self) -> str:
