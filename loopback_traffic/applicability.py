@@ -1,18 +1,21 @@
 """Is a rule applicable on this host? (spec section 4)
 
-Evaluated where iptables is installed and neither nftables nor ufw is; the IPv6 rule also needs IPv6
-enabled. dpkg's status file is read (and re-read only when it changes); on RPM hosts ``rpm -q`` runs
-once and again only when the RPM database changes.
+The iptables rules where iptables is installed and neither nftables nor ufw is; the ufw rule where
+ufw is installed; the nftables rule where nftables is installed and firewalld is not enabled. The
+IPv6 rule, and the IPv6 part of the others, also need IPv6 enabled. dpkg's status file is read (and
+re-read only when it changes); on RPM hosts ``rpm -q`` runs once and again only when the RPM
+database changes. Whether firewalld is enabled, and whether ufw is, is read from their files under
+``host_root`` (systemd's unit links, ufw.conf), never by running a command.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, FrozenSet, Iterable, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple
 
 from .runner import CollectionError, run_command
 from .config import Options
-from .requirements import IPV6
+from .requirements import IPTABLES, IPV6, NFTABLES as NFTABLES_MANAGER, UFW as UFW_MANAGER, ComplianceRule
 
 IPTABLES_PACKAGES = frozenset({'iptables', 'iptables-nft', 'iptables-legacy'})
 NFTABLES = 'nftables'
@@ -28,6 +31,77 @@ class ApplicabilityError(Exception):
 class Applicability:
     applicable: bool
     reason: str
+    # The firewall manager the rule is written for is installed but its configuration says it is off:
+    # the file that says so (as a path on the host), '' otherwise.
+    disabled_by: str = ''
+
+
+UFW_CONFIG = '/etc/ufw/ufw.conf'
+# Where systemd keeps what is enabled: persistently (/etc) and for this boot only (/run).
+SYSTEMD_UNIT_DIRECTORIES = ('/etc/systemd/system', '/run/systemd/system')
+SYSTEMD_VENDOR_DIRECTORIES = ('/usr/lib/systemd/system', '/lib/systemd/system', '/etc/systemd/system')
+FIREWALLD_UNIT = 'firewalld.service'
+FIREWALLD_ALIAS = 'dbus-org.fedoraproject.FirewallD1.service'
+
+
+def _on_host(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip('/')) if root not in ('', '/') else path
+
+
+def _unit_target_exists(root: str, link: str) -> bool:
+    """An enablement link whose unit file is gone (the package was removed) starts nothing."""
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return os.path.exists(link)
+    if target == '/dev/null':
+        return False
+    if os.path.isabs(target):
+        return os.path.exists(_on_host(root, target))
+    return os.path.exists(os.path.join(os.path.dirname(link), target))
+
+
+def _masked(root: str, unit: str) -> bool:
+    for directory in SYSTEMD_UNIT_DIRECTORIES:
+        try:
+            if os.readlink(_on_host(root, os.path.join(directory, unit))) == '/dev/null':
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def firewalld_enabled(root: str) -> Optional[str]:
+    """The systemd link (as a path on the host) that enables firewalld, or None when it is not enabled
+    (no link, a masked unit, or a link to a unit file that is gone)."""
+    if _masked(root, FIREWALLD_UNIT):
+        return None
+    for directory in SYSTEMD_UNIT_DIRECTORIES:
+        try:
+            with os.scandir(_on_host(root, directory)) as entries:
+                wants = sorted(entry.name for entry in entries if entry.name.endswith(('.wants', '.requires')))
+        except OSError:
+            continue
+        for name in wants + ['']:
+            link = os.path.join(directory, name, FIREWALLD_ALIAS if not name else FIREWALLD_UNIT)
+            if os.path.lexists(_on_host(root, link)) and _unit_target_exists(root, _on_host(root, link)):
+                return link
+    return None
+
+
+def ufw_disabled(root: str) -> Optional[str]:
+    """``ENABLED=no`` in ufw.conf (ufw is installed but off): the file's path on the host; None when
+    it says yes, or cannot be read (the kernel's ruleset is judged either way)."""
+    try:
+        with open(_on_host(root, UFW_CONFIG), encoding='utf-8', errors='replace') as config:
+            text = config.read(1 << 16)
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.strip().partition('=')
+        if key.strip() == 'ENABLED':
+            return UFW_CONFIG if value.strip().strip('"\'').lower() != 'yes' else None
+    return None
 
 
 def installed_in_dpkg_status(text: str, packages: Iterable[str]) -> FrozenSet[str]:
@@ -145,17 +219,49 @@ class ApplicabilityChecker:
         self.options = options
         self.packages = PackageDatabase(options)
 
-    def check(self, family: str) -> Applicability:
+    def check(self, rule: ComplianceRule) -> Applicability:
         if self.options.applicability == 'always':
-            return Applicability(True, 'evaluated regardless (applicability: always)')
+            return Applicability(True, 'evaluated regardless (applicability: always)', self._disabled_by(rule))
         installed = self.packages.installed()
-        blockers = sorted(installed & {NFTABLES, UFW})
-        if blockers:
-            return Applicability(False, 'not applicable: {} installed (the rule applies to hosts managed with iptables only)'.format(' and '.join(blockers)))
-        if not installed & IPTABLES_PACKAGES:
-            return Applicability(False, 'not applicable: the iptables package is not installed')
-        if family == IPV6:
+        found = _WHERE_IT_APPLIES[rule.manager](installed, self.options.host_root)
+        if not found.applicable:
+            return found
+        if rule.family == IPV6:
             reason = ipv6_disabled(self.options.proc_path)
             if reason:
                 return Applicability(False, 'not applicable: ' + reason)
-        return Applicability(True, 'applicable: iptables installed, neither nftables nor ufw')
+        return Applicability(True, found.reason, self._disabled_by(rule))
+
+    def _disabled_by(self, rule: ComplianceRule) -> str:
+        return (ufw_disabled(self.options.host_root) or '') if rule.manager == UFW_MANAGER else ''
+
+
+def _iptables_host(installed: FrozenSet[str], root: str) -> Applicability:
+    blockers = sorted(installed & {NFTABLES, UFW})
+    if blockers:
+        return Applicability(False, 'not applicable: {} installed (the rule applies to hosts managed with iptables only)'.format(' and '.join(blockers)))
+    if not installed & IPTABLES_PACKAGES:
+        return Applicability(False, 'not applicable: the iptables package is not installed')
+    return Applicability(True, 'applicable: iptables installed, neither nftables nor ufw')
+
+
+def _ufw_host(installed: FrozenSet[str], root: str) -> Applicability:
+    if UFW not in installed:
+        return Applicability(False, 'not applicable: the ufw package is not installed')
+    return Applicability(True, 'applicable: ufw installed')
+
+
+def _nftables_host(installed: FrozenSet[str], root: str) -> Applicability:
+    if NFTABLES not in installed:
+        return Applicability(False, 'not applicable: the nftables package is not installed')
+    link = firewalld_enabled(root)
+    if link is not None:
+        return Applicability(False, 'not applicable: firewalld is enabled ({}), and it manages the nftables ruleset'.format(link))
+    return Applicability(True, 'applicable: nftables installed, firewalld not enabled')
+
+
+_WHERE_IT_APPLIES: Dict[str, Callable[[FrozenSet[str], str], Applicability]] = {
+    IPTABLES: _iptables_host,
+    UFW_MANAGER: _ufw_host,
+    NFTABLES_MANAGER: _nftables_host,
+}

@@ -12,10 +12,10 @@ from datadog_checks.base.agent import datadog_agent
 from .applicability import Applicability, ApplicabilityChecker
 from .config import InvalidConfiguration, parse_options
 from .config_models import ConfigMixin
-from .pipeline import InstanceState, Outcome, run_rule
+from .pipeline import InstanceState, Outcome, RuleOutcome, families_to_evaluate, run_definition
 from .waivers import Applied
 from .report import NAMESPACE, RuleState, apply_waivers, change, expired_waiver_log, submissions
-from .requirements import rule_for_family
+from .requirements import RuleDefinition, rule_named
 from .results import RuleResult, Status
 from .saves import unusable_commands
 
@@ -57,9 +57,9 @@ class LoopbackTrafficCheck(AgentCheck, ConfigMixin):
         today = self.today()
         self._warn_expired(today)
         hostname = datadog_agent.get_hostname() or ''
-        for family in self.options.families:
-            outcome = self._run(family)
-            applied = apply_waivers(outcome.result, self.options.waivers, today)
+        for name in self.options.rules:
+            outcome = self._run(rule_named(name))
+            applied = {part.rule.family: apply_waivers(part.result, self.options.waivers, today) for part in outcome.parts}
             report = submissions(outcome, self.options.partial, self.options.tags, applied)
             for gauge in report.gauges:
                 self.gauge(gauge.name, gauge.value, tags=list(gauge.tags))
@@ -67,8 +67,8 @@ class LoopbackTrafficCheck(AgentCheck, ConfigMixin):
                 self.service_check(service_check.name, service_check.status, tags=list(service_check.tags), message=service_check.message)  # type: ignore[arg-type]  # None: no message
             self._report_change(outcome, applied, hostname)
 
-    def _report_change(self, outcome: Outcome, applied: Applied, hostname: str) -> None:
-        rule = outcome.rule.name
+    def _report_change(self, outcome: RuleOutcome, applied: Dict[str, Applied], hostname: str) -> None:
+        rule = outcome.definition.name
         found = change(
             outcome, self.options.partial, applied, self._last_state.get(rule), self._event_statuses.get(rule), hostname, self.options.tags
         )
@@ -85,11 +85,14 @@ class LoopbackTrafficCheck(AgentCheck, ConfigMixin):
                 self._expired_warned.add(waiver.index)
                 self.log.warning('loopback_traffic: %s', expired_waiver_log(waiver))
 
-    def _run(self, family: str) -> Outcome:
+    def _run(self, definition: RuleDefinition) -> RuleOutcome:
         try:
-            return run_rule(self.options, family, self.applicability, state=self.state)
-        except Exception as error:  # a bug must not stop the other family or crash the Agent
-            self.log.exception('loopback_traffic: unexpected error while evaluating %s', family)
-            rule = rule_for_family(family)
-            result: Optional[RuleResult] = RuleResult(rule, Status.UNKNOWN, error='internal error: {!r}'.format(error), mode=self.options.mode)
-            return Outcome(rule, Applicability(True, 'unknown'), result, 0.0)
+            return run_definition(self.options, definition, self.applicability, state=self.state)
+        except Exception as error:  # a bug must not stop the other rules or crash the Agent
+            self.log.exception('loopback_traffic: unexpected error while evaluating %s', definition.name)
+            parts = []
+            for family in families_to_evaluate(self.options, definition):
+                rule = definition.part(family)
+                result: Optional[RuleResult] = RuleResult(rule, Status.UNKNOWN, error='internal error: {!r}'.format(error), mode=self.options.mode)
+                parts.append(Outcome(rule, Applicability(True, 'unknown'), result, 0.0))
+            return RuleOutcome(definition, tuple(parts))

@@ -25,15 +25,26 @@ from .cli_formats import EVALUATE_ANYWAY, junit, sarif
 from .collect import Collected, CollectionError, collected_text, read_stream
 from .config import APPLICABILITY, PARTIAL, InvalidConfiguration, Options, parse_options
 from .evaluator import MODES
+from .example_host import ExampleUnavailable, loaded_in_a_namespace
 from .explain import ExplainingState
 from .parser import EVALUATED_TABLES, ParseError, parse_ruleset
-from .pipeline import Outcome, run_rule
-from .report import OK, STATUS_NAMES, apply_waivers, printable, service_check_status, to_json, to_text
-from .requirements import FAMILIES, IPV4, IPV6, REQUIREMENTS
+from .pipeline import Outcome, RuleOutcome, run_definition
+from .report import OK, STATUS_NAMES, apply_waivers, printable, rule_status, to_json, to_text
+from .requirements import COMPLIANCE_RULES, FAMILIES, IPV4, IPV6, REQUIREMENTS, RULE_NAMES, rule_named
 from .saves import read_file
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'examples')
-EXAMPLES = ('compliant', 'ufw', 'misordered')
+# The bundled examples: their saved rulesets per family, and the rule each is judged by (what manages
+# that host's firewall). nftables-host is an nft -f file, loaded into a throwaway namespace.
+EXAMPLE_FILES: Mapping[str, Mapping[str, str]] = {
+    'compliant': {IPV4: 'compliant.rules'},
+    'ufw': {IPV4: 'ufw.rules'},
+    'misordered': {IPV4: 'misordered.rules'},
+    'ufw-host': {IPV4: 'ufw.rules', IPV6: 'ufw6.rules'},
+}
+NFTABLES_EXAMPLE = 'nftables-host'
+EXAMPLES = tuple(EXAMPLE_FILES) + (NFTABLES_EXAMPLE,)
+EXAMPLE_RULES = {'ufw-host': 'set_ufw_loopback_traffic', NFTABLES_EXAMPLE: 'set_nftables_loopback_traffic'}
 FORMATS = ('text', 'json', 'junit', 'sarif')
 USAGE_ERROR = 3
 NOT_APPLICABLE = 'NOT APPLICABLE'
@@ -49,6 +60,14 @@ def _families(text: str) -> List[str]:
     return families
 
 
+def _rules(text: str) -> List[str]:
+    rules = [part.strip() for part in text.split(',') if part.strip()]
+    for rule in rules:
+        if rule not in RULE_NAMES:
+            raise argparse.ArgumentTypeError('the rules are {}, not {!r}'.format(', '.join(RULE_NAMES), rule))
+    return rules
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # exit 3 (UNKNOWN) like every other usage error, not argparse's 2 (CRITICAL)
         self.print_usage(sys.stderr)
@@ -58,8 +77,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog='loopback-traffic',
-        description='Tell whether this host\'s iptables rules handle loopback traffic as the compliance rules '
-        'set_loopback_traffic and set_ipv6_loopback_traffic require.',
+        description='Tell whether this host\'s firewall handles loopback traffic as the compliance rules '
+        'set_loopback_traffic, set_ipv6_loopback_traffic (iptables), set_ufw_loopback_traffic (ufw) and '
+        'set_nftables_loopback_traffic (nftables) require, judged on what the kernel runs.',
         epilog='Exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the worst rule; 3 also for a usage error).',
     )
     parser.add_argument('--version', action='version', version='%(prog)s {}'.format(__version__))
@@ -69,9 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source.add_argument('--iptables-save', metavar='FILE', help='a saved IPv4 ruleset (iptables-save output); - for standard input')
     source.add_argument('--ip6tables-save', metavar='FILE', help='a saved IPv6 ruleset (ip6tables-save output); - for standard input')
-    source.add_argument('--example', choices=EXAMPLES, help='evaluate a bundled example IPv4 ruleset (alone)')
+    source.add_argument(
+        '--example',
+        choices=EXAMPLES,
+        help='evaluate a bundled example (alone): compliant, ufw and misordered (IPv4 iptables rulesets), ufw-host (a ufw host, '
+        'both families, by the ufw rule), nftables-host (an nftables.conf, by the nftables rule, loaded into a throwaway network '
+        'namespace: needs root)',
+    )
     parser.add_argument('--config', metavar='CONF_YAML', help='take the options of the first instance of this conf.yaml')
-    parser.add_argument('--families', type=_families, help='comma-separated: ipv4,ipv6')
+    parser.add_argument(
+        '--rules', type=_rules, help='comma-separated rules to evaluate where they apply (default: all; for saved rulesets: the iptables rules)'
+    )
+    parser.add_argument('--families', type=_families, help='comma-separated families of them: ipv4,ipv6')
     parser.add_argument(
         '--applicability', choices=APPLICABILITY, help='auto (default on the live host: judged by the installed packages) or always (default for saved rulesets)'
     )
@@ -127,7 +156,7 @@ def _instance(arguments: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, 
     option set, who set it (``--families``, or ``families`` in CONF) for messages."""
     instance = _load_config(arguments.config) if arguments.config else {}
     set_by = {name: '`{}` in {}'.format(name, arguments.config) for name, value in instance.items() if value is not None}
-    for name in ('families', 'applicability', 'mode', 'partial', 'use_sudo', 'timeout'):
+    for name in ('rules', 'families', 'applicability', 'mode', 'partial', 'use_sudo', 'timeout'):
         value = getattr(arguments, name)
         if value is not None:
             instance[name] = value
@@ -148,7 +177,8 @@ def _saved_paths(arguments: argparse.Namespace, configured: Mapping[str, str], c
             raise InvalidConfiguration(
                 '--example evaluates a bundled ruleset on its own: drop {} (or --example)'.format(' and '.join(named))
             )
-        return {IPV4: (os.path.join(EXAMPLES_DIR, arguments.example + '.rules'), '--example')}
+        files = EXAMPLE_FILES.get(arguments.example, {})
+        return {family: (os.path.join(EXAMPLES_DIR, name), '--example') for family, name in files.items()}
     if list(given.values()).count('-') > 1:
         raise InvalidConfiguration('standard input can feed one ruleset only: give the other one as a file')
     paths = {family: (path, '`ruleset_files.{}` in {}'.format(family, config)) for family, path in configured.items()}
@@ -288,13 +318,12 @@ def colour(text: str) -> str:
     return '\n'.join(lines)
 
 
-def _status_name(outcome: Outcome, partial: str) -> str:
-    if outcome.result is None:
-        return NOT_APPLICABLE
-    return STATUS_NAMES[service_check_status(outcome.result, partial)]
+def _status_name(outcome: RuleOutcome, partial: str) -> str:
+    status = rule_status(outcome, partial)
+    return NOT_APPLICABLE if status is None else STATUS_NAMES[status]
 
 
-def summary(outcomes: Sequence[Outcome], partial: str) -> str:
+def summary(outcomes: Sequence[RuleOutcome], partial: str) -> str:
     """``2 rules: 1 CRITICAL, 1 OK``: the worst first."""
     names = [_status_name(outcome, partial) for outcome in outcomes]
     order = [STATUS_NAMES[code] for code in sorted(STATUS_NAMES, reverse=True)] + [NOT_APPLICABLE]
@@ -302,39 +331,45 @@ def summary(outcomes: Sequence[Outcome], partial: str) -> str:
     return '{} rule{}: {}'.format(len(names), '' if len(names) == 1 else 's', ', '.join(counts))
 
 
-def human(outcomes: Sequence[Outcome], partial: str) -> str:
+def human(outcomes: Sequence[RuleOutcome], partial: str) -> str:
     parts = []
     for outcome in outcomes:
         parts.append(to_text(outcome, partial))
-        if outcome.result is None:
+        if not outcome.applicable:
             parts.append('  to evaluate it anyway: {} (or `applicability: always` in conf.yaml)\n'.format(EVALUATE_ANYWAY))
-    if os.geteuid() != 0 and any(o.result is not None and o.result.error for o in outcomes):
+    if os.geteuid() != 0 and any(part.result is not None and part.result.error for o in outcomes for part in o.parts):
         parts.append('hint: reading the firewall needs root (sudo loopback-traffic); to see a result without root: loopback-traffic --example compliant\n')
     parts.append(summary(outcomes, partial) + '\n')
     return ''.join(parts)
 
 
-def explanations(requirement: str, outcomes: Sequence[Outcome], states: Mapping[str, ExplainingState]) -> str:
-    """``--explain``: the walk of the requirement for each rule evaluated (before waivers)."""
+def explanations(requirement: str, outcomes: Sequence[RuleOutcome], states: Mapping[Tuple[str, str], ExplainingState]) -> str:
+    """``--explain``: the walk of the requirement for each rule and family evaluated (before waivers)."""
     parts = []
-    for outcome in outcomes:
-        found = states[outcome.rule.family].explanations.get(outcome.rule.family)
-        if found is not None:
-            parts.append(found.text)
-        elif outcome.result is None:
-            parts.append('{} ({}), {}: not explained: the rule is not applicable\n'.format(outcome.rule.name, outcome.rule.family, requirement))
-        else:
-            parts.append('{} ({}), {}: not explained: {}\n'.format(outcome.rule.name, outcome.rule.family, requirement, outcome.result.error))
+    for whole in outcomes:
+        for outcome in whole.parts:
+            rule = outcome.rule
+            state = states.get((rule.name, rule.family))
+            found = state.explanations.get(rule.family) if state is not None else None
+            if requirement not in [r.name for r in rule.requirements]:
+                parts.append('{} ({}), {}: not explained: the rule has no such requirement\n'.format(rule.name, rule.family, requirement))
+            elif found is not None:
+                parts.append(found.text)
+            elif outcome.result is None:
+                parts.append('{} ({}), {}: not explained: the rule is not applicable\n'.format(rule.name, rule.family, requirement))
+            else:
+                parts.append('{} ({}), {}: not explained: {}\n'.format(rule.name, rule.family, requirement, outcome.result.error))
     return '\n'.join(parts)
 
 
-def render(format_name: str, outcomes: Sequence[Outcome], partial: str, files: Mapping[str, str], code: int) -> str:
+def render(format_name: str, outcomes: Sequence[RuleOutcome], partial: str, files: Mapping[str, str], code: int) -> str:
     if format_name == 'json':
         return json.dumps({'rules': [to_json(o, partial) for o in outcomes]}, indent=2) + '\n'
+    families = [part for outcome in outcomes for part in outcome.parts]
     if format_name == 'junit':
-        return junit(outcomes, partial, files)
+        return junit(families, partial, files)
     if format_name == 'sarif':
-        return sarif(outcomes, partial, files, code)
+        return sarif(families, partial, files, code)
     return human(outcomes, partial)
 
 
@@ -355,16 +390,28 @@ def _write_file(path: str, text: str) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def _prepare(arguments: argparse.Namespace) -> Tuple[Options, Dict[str, Tuple[Collected, Optional[str]]]]:
+def _prepare(
+    arguments: argparse.Namespace, example_namespace: Optional[str] = None
+) -> Tuple[Options, Dict[str, Tuple[Collected, Optional[str]]]]:
     """The options and the saved rulesets to judge (family -> (collected, path of the file or None))."""
     instance, set_by = _instance(arguments)
     options = parse_options(instance)  # every option valid before anything is read
+    if example_namespace is not None:
+        instance.update(network_namespace=example_namespace, ruleset_files=None)
+        instance.setdefault('applicability', 'always')  # the example is the host judged, whatever this one has
+        instance.setdefault('rules', [EXAMPLE_RULES[NFTABLES_EXAMPLE]])
+        return parse_options(instance), {}
     paths = _saved_paths(arguments, options.ruleset_files, arguments.config)
     if not paths:
         return options, {}
     instance['families'] = _offline_families(instance, set_by, paths)
     if instance.get('applicability') is None:
         instance['applicability'] = 'always'  # this host's packages say nothing about a saved ruleset
+    if instance.get('rules') is None and arguments.example in EXAMPLE_RULES:
+        instance['rules'] = [EXAMPLE_RULES[arguments.example]]
+    elif instance.get('rules') is None:
+        # A saved iptables-save file is judged by the iptables rules, unless others are asked for.
+        instance['rules'] = [rule.name for rule in COMPLIANCE_RULES if rule.family in instance['families']]
     options = parse_options(instance)
     given: Dict[str, Tuple[Collected, Optional[str]]] = {}
     for family in options.families:
@@ -375,29 +422,54 @@ def _prepare(arguments: argparse.Namespace) -> Tuple[Options, Dict[str, Tuple[Co
     return options, given
 
 
-def _with_waivers(outcome: Outcome, options: Options) -> Outcome:
+def _with_waivers(outcome: RuleOutcome, options: Options) -> RuleOutcome:
     """The outcome as the Agent reports it: the configuration's waivers applied (judged on today's UTC date)."""
-    if not options.waivers or outcome.result is None:
+    if not options.waivers:
         return outcome
     today = datetime.datetime.now(datetime.timezone.utc).date()
+    parts = tuple(_part_with_waivers(part, options, today) for part in outcome.parts)
+    return dataclasses.replace(outcome, parts=parts)
+
+
+def _part_with_waivers(outcome: Outcome, options: Options, today: datetime.date) -> Outcome:
+    if outcome.result is None:
+        return outcome
     return dataclasses.replace(outcome, result=apply_waivers(outcome.result, options.waivers, today).result)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = build_parser().parse_args(argv)
+    if arguments.example != NFTABLES_EXAMPLE:
+        return _main(arguments)
+    if arguments.iptables_save or arguments.ip6tables_save:
+        print('loopback-traffic: --example evaluates a bundled ruleset on its own: drop --iptables-save/--ip6tables-save (or --example)', file=sys.stderr)
+        return USAGE_ERROR
     try:
-        options, given = _prepare(arguments)
+        with loaded_in_a_namespace(os.path.join(EXAMPLES_DIR, NFTABLES_EXAMPLE + '.conf')) as namespace:
+            return _main(arguments, namespace)
+    except ExampleUnavailable as error:
+        print('loopback-traffic: --example {}: {}'.format(NFTABLES_EXAMPLE, error), file=sys.stderr)
+        return USAGE_ERROR
+
+
+def _main(arguments: argparse.Namespace, example_namespace: Optional[str] = None) -> int:
+    try:
+        options, given = _prepare(arguments, example_namespace)
     except (InvalidConfiguration, CollectionError, OSError, ValueError) as error:
         print('loopback-traffic: {}'.format(error), file=sys.stderr)
         return USAGE_ERROR
     checker = ApplicabilityChecker(options)
-    states = {family: ExplainingState(arguments.explain) for family in options.families} if arguments.explain else {}
+    definitions = [rule_named(name) for name in options.rules]
+    states = (
+        {(d.name, family): ExplainingState(arguments.explain) for d in definitions for family in d.families} if arguments.explain else {}
+    )
+    saved = {family: collected for family, (collected, _) in given.items()}
     outcomes = [
-        run_rule(options, family, checker, given[family][0] if family in given else None, states.get(family)) for family in options.families
+        run_definition(options, d, checker, saved, states={f: states[(d.name, f)] for f in d.families} if states else None) for d in definitions
     ]
     explained = explanations(arguments.explain, outcomes, states) if arguments.explain else ''
     outcomes = [_with_waivers(outcome, options) for outcome in outcomes]
-    statuses = [service_check_status(o.result, options.partial) for o in outcomes if o.result is not None]
+    statuses = [status for status in (rule_status(o, options.partial) for o in outcomes) if status is not None]
     code = max(statuses, default=OK)
     files = {family: path for family, (_, path) in given.items() if path is not None}
     if arguments.output and arguments.output != '-':

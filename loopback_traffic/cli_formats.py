@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from .__about__ import __version__
 from .pipeline import Outcome
 from .report import CRITICAL, OK, STATUS_NAMES, WARNING, printable, service_check_status, status_code
-from .requirements import REQUIREMENTS
+from .requirements import REQUIREMENTS, RULE_NAMES, rule_named
 from .results import Position, RequirementResult, Status
 
 TOOL = 'loopback-traffic'
@@ -45,7 +45,7 @@ def not_applicable_hint(outcome: Outcome) -> str:
 def _requirement_names(outcome: Outcome) -> List[str]:
     if outcome.result is not None and outcome.result.requirements:
         return [r.requirement for r in outcome.result.requirements]
-    return [requirement.name for requirement in REQUIREMENTS]
+    return [requirement.name for requirement in outcome.rule.requirements]
 
 
 def _where(position: Position, files: Mapping[str, str], family: str) -> str:
@@ -147,7 +147,10 @@ def junit(outcomes: Sequence[Outcome], partial: str, files: Mapping[str, str]) -
 
 
 def _rule_id(outcome: Outcome, requirement: str) -> str:
-    return '{}/{}'.format(outcome.rule.rule_id, requirement)
+    """``<rule id>/<requirement>``; with the family between them for a rule that covers several."""
+    rule = outcome.rule
+    several = rule.name in RULE_NAMES and len(rule_named(rule.name).families) > 1
+    return '{}/{}/{}'.format(rule.rule_id, rule.family, requirement) if several else '{}/{}'.format(rule.rule_id, requirement)
 
 
 def artifact_uri(path: str, cwd: str) -> Tuple[str, Optional[str]]:
@@ -222,7 +225,7 @@ def sarif_document(outcomes: Sequence[Outcome], partial: str, files: Mapping[str
                         'text': '{} ({}, {}), requirement {}: {}.'.format(rule.name, rule.family, rule.rule_id, name, _DESCRIPTIONS.get(name, name))
                     },
                     'defaultConfiguration': {'level': 'error'},
-                    'properties': {'tags': ['compliance', 'iptables', rule.family, rule.name]},
+                    'properties': {'tags': ['compliance', rule.manager, rule.family, rule.name]},
                 }
             )
         result = outcome.result

@@ -7,7 +7,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from . import waivers as waivers_option
 from .evaluator import MODES
-from .requirements import FAMILIES, IPV4, IPV6
+from .requirements import FAMILIES, IPV4, IPV6, RULE_NAMES, rule_named
 from .waivers import InvalidWaiver, Waiver
 
 LEGACY = 'legacy'
@@ -38,6 +38,7 @@ DEFAULT_MAX_OUTPUT_BYTES = 100 * 1024 * 1024
 # Every option of an instance: this check's own (assets/configuration/spec.yaml) and those of the
 # Agent's `instances/default` template.
 CHECK_OPTIONS = (
+    'rules',
     'families',
     'applicability',
     'mode',
@@ -54,6 +55,7 @@ CHECK_OPTIONS = (
     'max_output_bytes',
     'ruleset_files',
     'proc_path',
+    'host_root',
     'dpkg_status_file',
     'rpm_command',
     'rpm_database_path',
@@ -79,7 +81,8 @@ class InvalidConfiguration(ValueError):
 
 @dataclass(frozen=True)
 class Options:
-    families: Tuple[str, ...] = FAMILIES
+    rules: Tuple[str, ...] = RULE_NAMES  # the compliance rules to evaluate (where they apply)
+    families: Tuple[str, ...] = FAMILIES  # the families of them to evaluate
     save_commands: Mapping[Tuple[str, str], Tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_SAVE_COMMANDS))
     use_sudo: bool = False
     timeout: float = DEFAULT_TIMEOUT
@@ -90,6 +93,7 @@ class Options:
     partial: str = 'warning'
     collection: str = 'auto'
     proc_path: str = DEFAULT_PROC_PATH
+    host_root: str = '/'  # where the host's / is mounted: its /etc (systemd units, ufw.conf) is read there
     network_namespace: Optional[str] = None  # judge this namespace (e.g. /host/proc/1/ns/net), not the Agent's
     dpkg_status_file: str = '/var/lib/dpkg/status'
     rpm_command: Tuple[str, ...] = ('rpm',)
@@ -154,6 +158,33 @@ def _positive_number(instance: Mapping[str, Any], name: str, default: float, zer
         allowed = 'a number of seconds, 0 or more' if zero_allowed else 'a number greater than 0'
         raise InvalidConfiguration('`{}` must be {}, not {!r}'.format(name, allowed, value))
     return float(value)
+
+
+def _rules(instance: Mapping[str, Any]) -> Tuple[str, ...]:
+    value = instance.get('rules')
+    if value is None:
+        return RULE_NAMES
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise InvalidConfiguration('`rules` must be a non-empty list of rule names ({}), not {!r}'.format(', '.join(RULE_NAMES), value))
+    for name in value:
+        if name not in RULE_NAMES:
+            close = difflib.get_close_matches(str(name), RULE_NAMES, n=1, cutoff=0.6)
+            hint = 'did you mean {}?'.format(close[0]) if close else 'the rules are {}'.format(', '.join(RULE_NAMES))
+            raise InvalidConfiguration('`rules` names an unknown rule {!r}: {}'.format(name, hint))
+    return tuple(dict.fromkeys(value))
+
+
+def _rules_of_families(instance: Mapping[str, Any]) -> Tuple[str, ...]:
+    """The rules selected that cover a family of ``families``: all of them when ``rules`` names them,
+    else every rule that covers one."""
+    rules, families = _rules(instance), _families(instance)
+    kept = tuple(name for name in rules if set(rule_named(name).families) & set(families))
+    if instance.get('rules') is not None and kept != rules:
+        left = [name for name in rules if name not in kept]
+        raise InvalidConfiguration(
+            '`rules` selects {} but `families` ({}) leaves out every family of it: add its family or remove it'.format(', '.join(left), ', '.join(families))
+        )
+    return kept
 
 
 def _families(instance: Mapping[str, Any]) -> Tuple[str, ...]:
@@ -257,6 +288,7 @@ def parse_options(instance: Optional[Mapping[str, Any]], default_proc_path: Opti
     deprecations = _deprecations(instance)
     max_output = _positive_number(instance, 'max_output_bytes', DEFAULT_MAX_OUTPUT_BYTES)
     return Options(
+        rules=_rules_of_families(instance),
         families=_families(instance),
         save_commands=_save_commands(instance),
         use_sudo=_boolean(instance, 'use_sudo', False),
@@ -269,6 +301,7 @@ def parse_options(instance: Optional[Mapping[str, Any]], default_proc_path: Opti
         collection=_collection(instance),
         proc_path=_path(instance, 'proc_path', (default_proc_path or '').rstrip('/') or DEFAULT_PROC_PATH),
         network_namespace=_optional_path(instance, 'network_namespace'),
+        host_root=_path(instance, 'host_root', '/'),
         dpkg_status_file=_path(instance, 'dpkg_status_file', '/var/lib/dpkg/status'),
         rpm_command=_command(instance, 'rpm_command', ('rpm',)),
         rpm_database_path=_path(instance, 'rpm_database_path', '/var/lib/rpm'),

@@ -1,4 +1,5 @@
-"""One evaluation of one compliance rule: applicability -> collect -> parse -> evaluate.
+"""One evaluation of one compliance rule, family by family: applicability -> collect -> parse ->
+evaluate -> the fixes in the language of the rule's firewall manager.
 
 Never raises for anything the host does: every failure becomes a result with status UNKNOWN and a
 message that says what happened and how to fix it.
@@ -6,8 +7,8 @@ message that says what happened and how to fix it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from .applicability import Applicability, ApplicabilityChecker, ApplicabilityError
 from .collect import KERNEL, Collected, CollectionError, KernelCache, collect
@@ -17,7 +18,8 @@ from .model import Ruleset
 from .nf_tables import KernelRuleset
 from .nft_decode import DecodeCache, decode_tables
 from .parser import EVALUATED_TABLES, ParseError, parse_ruleset
-from .requirements import IPV4, ComplianceRule, rule_for_family
+from .remedies import in_manager_language
+from .requirements import IPV4, ComplianceRule, RuleDefinition
 from .saves import iptables_command
 from .results import RuleResult, Status
 
@@ -29,6 +31,22 @@ class Outcome:
     result: Optional[RuleResult]  # None when the rule is not applicable
     duration: float  # seconds to collect, parse and evaluate
     origins: Tuple[str, ...] = ()  # where the rulesets came from
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """A compliance rule's outcome: one :class:`Outcome` per family it covers that was evaluated."""
+
+    definition: RuleDefinition
+    parts: Tuple[Outcome, ...]
+
+    @property
+    def applicable(self) -> Tuple[Outcome, ...]:
+        return tuple(part for part in self.parts if part.result is not None)
+
+    @property
+    def duration(self) -> float:
+        return sum(part.duration for part in self.parts)
 
 
 # The nf_tables families whose tables see each IP family's packets.
@@ -44,15 +62,16 @@ class InstanceState:
 
     kernel: KernelCache = field(default_factory=KernelCache)
     decoded: DecodeCache = field(default_factory=DecodeCache)
-    evaluated: Dict[str, Tuple[Tuple[object, ...], RuleResult]] = field(default_factory=dict)
+    evaluated: Dict[Tuple[str, str], Tuple[Tuple[object, ...], RuleResult]] = field(default_factory=dict)
 
     def evaluate(self, options: Options, family: str, rule: ComplianceRule, collected: Tuple[Collected, ...]) -> RuleResult:
         identity = tuple(piece.identity for piece in collected)
-        previous = self.evaluated.get(family)
+        key = (rule.name, family)
+        previous = self.evaluated.get(key)
         if previous is not None and previous[0] == identity and previous[1].mode == options.mode:
             return previous[1]
         result = _evaluate(options, family, rule, collected, self.decoded)
-        self.evaluated[family] = (identity, result)
+        self.evaluated[key] = (identity, result)
         return result
 
     def walk(self, options: Options, family: str, rule: ComplianceRule) -> Callable[[KernelRuleset], RuleResult]:
@@ -105,26 +124,51 @@ def _parse(collected: Collected) -> Ruleset:
 
 def run_rule(
     options: Options,
-    family: str,
+    rule: ComplianceRule,
     checker: ApplicabilityChecker,
     given: Optional[Collected] = None,
     state: Optional[InstanceState] = None,
 ) -> Outcome:
-    rule = rule_for_family(family)
+    """One family of a compliance rule (``rule`` is that family's part)."""
+    family = rule.family
     started = time.monotonic()
     try:
-        applicability = checker.check(family)
+        applicability = checker.check(rule)
     except ApplicabilityError as error:
         applicability = Applicability(True, 'applicability could not be decided')
         return Outcome(rule, applicability, _unknown(rule, options, str(error)), time.monotonic() - started)
     if not applicability.applicable:
         return Outcome(rule, applicability, None, time.monotonic() - started)
+    if given is not None or options.ruleset_files:
+        # A saved ruleset shows what the manager loaded; whether it is on now says nothing about it.
+        applicability = replace(applicability, disabled_by='')
     origins: Tuple[str, ...] = ()
     try:
         state = state if state is not None else InstanceState()
         collected = tuple(collect(options, family, given, state.kernel, state.walk(options, family, rule)))
         origins = tuple(piece.origin for piece in collected)
-        result = state.evaluate(options, family, rule, collected)
+        result = in_manager_language(state.evaluate(options, family, rule, collected), applicability.disabled_by)
     except CollectionError as error:
         result = _unknown(rule, options, str(error))
     return Outcome(rule, applicability, result, time.monotonic() - started, origins)
+
+
+def families_to_evaluate(options: Options, definition: RuleDefinition) -> Tuple[str, ...]:
+    return tuple(family for family in definition.families if family in options.families)
+
+
+def run_definition(
+    options: Options,
+    definition: RuleDefinition,
+    checker: ApplicabilityChecker,
+    given: Optional[Mapping[str, Collected]] = None,
+    state: Optional[InstanceState] = None,
+    states: Optional[Mapping[str, InstanceState]] = None,
+) -> RuleOutcome:
+    """Every family of ``definition`` the options ask for (``states``: one per family, e.g. to explain
+    the walks; else ``state`` for all)."""
+    parts = []
+    for family in families_to_evaluate(options, definition):
+        part_state = states.get(family) if states is not None else state
+        parts.append(run_rule(options, definition.part(family), checker, (given or {}).get(family), part_state))
+    return RuleOutcome(definition, tuple(parts))

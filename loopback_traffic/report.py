@@ -6,11 +6,12 @@ import datetime
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import waivers as waiver_rules
-from .pipeline import Outcome
-from .requirements import ACCEPT, DENY, QUEUE, REQUIREMENTS
+from .applicability import Applicability
+from .pipeline import Outcome, RuleOutcome
+from .requirements import ACCEPT, DENY, QUEUE, REQUIREMENTS, ComplianceRule, RuleDefinition
 from .results import Deviation, Position, RequirementResult, RuleResult, Status
 from .waivers import Applied, Waiver
 
@@ -33,6 +34,7 @@ EVENT_TEXT_LIMIT = 4000
 EVENT_DEVIATIONS = 20  # per requirement; the others are counted
 HEAD_MIN = 160  # the shortest the what-and-where line of a message is made
 _ELSEWHERE = 'in the loopback_traffic event'
+_APPLICABLE = Applicability(True, '')
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,75 @@ def _manager_notes(positions: Sequence[Position], short: bool = False) -> List[s
     return list(notes.values())
 
 
+# --- a rule's families --------------------------------------------------------------------------------
+
+# A rule's outcome: all its families (RuleOutcome) or one (Outcome); with the waivers applied to each
+# family's result (an Applied, or family -> Applied).
+Reportable = Union[Outcome, RuleOutcome]
+AppliedWaivers = Union[None, Applied, Mapping[str, Applied]]
+
+
+@dataclass(frozen=True)
+class _Part:
+    outcome: Outcome
+    applied: Optional[Applied]
+    label: str  # the family, where the rule covers several; '' otherwise
+
+    @property
+    def result(self) -> Optional[RuleResult]:
+        return self.applied.result if self.applied is not None else self.outcome.result
+
+    @property
+    def family(self) -> str:
+        return self.outcome.rule.family
+
+
+def definition_of(rule: ComplianceRule) -> RuleDefinition:
+    return RuleDefinition(rule.name, rule.rule_id, rule.manager, (rule,))
+
+
+def _rule_outcome(outcome: Reportable) -> RuleOutcome:
+    return outcome if isinstance(outcome, RuleOutcome) else RuleOutcome(definition_of(outcome.rule), (outcome,))
+
+
+def _parts(outcome: Reportable, applied: AppliedWaivers) -> Tuple[RuleDefinition, List[_Part]]:
+    whole = _rule_outcome(outcome)
+    several = len(whole.definition.families) > 1
+    parts = []
+    for part in whole.parts:
+        if isinstance(applied, Applied):
+            found: Optional[Applied] = applied
+        else:
+            found = applied.get(part.rule.family) if applied is not None else None
+        parts.append(_Part(part, found, part.rule.family if several else ''))
+    return whole.definition, parts
+
+
+def _known(parts: Sequence[_Part]) -> List[Tuple[_Part, RuleResult]]:
+    return [(part, part.result) for part in parts if part.result is not None]
+
+
+def _combined_status(codes: Sequence[int]) -> int:
+    """The worse family decides; a proven failure is worse than a family that could not be judged."""
+    if CRITICAL in codes:
+        return CRITICAL
+    return max(codes)
+
+
+def _status(parts: Sequence[_Part], partial: str) -> Optional[int]:
+    codes = [service_check_status(result, partial) for _, result in _known(parts)]
+    return _combined_status(codes) if codes else None
+
+
+def rule_status(outcome: Reportable, partial: str, applied: AppliedWaivers = None) -> Optional[int]:
+    """The rule's service check status (its worse family decides); None when it is not applicable."""
+    return _status(_parts(outcome, applied)[1], partial)
+
+
+def _labelled(label: str, text: str) -> str:
+    return '{} {}'.format(label, text) if label else text
+
+
 # --- the service check message ------------------------------------------------------------------------
 
 
@@ -283,37 +354,76 @@ def _positions(requirement: RequirementResult) -> List[Position]:
     return found + [d.where for d in requirement.deviations]
 
 
-def message(result: RuleResult, applied: Optional[Applied] = None, limit: int = MESSAGE_LIMIT) -> str:
-    return _message(result, applied, limit)
+def message(result: Union[RuleResult, Reportable], applied: AppliedWaivers = None, limit: int = MESSAGE_LIMIT) -> str:
+    """The service check message of a rule (all its families) or of one family's result."""
+    if isinstance(result, RuleResult):
+        return _message(definition_of(result.rule), [_Part(Outcome(result.rule, _APPLICABLE, result, 0.0), _single(applied), '')], limit)
+    definition, parts = _parts(result, applied)
+    return _message(definition, parts, limit)
 
 
-def _message(result: RuleResult, applied: Optional[Applied], limit: int) -> str:
+def _single(applied: AppliedWaivers) -> Optional[Applied]:
+    return applied if isinstance(applied, Applied) or applied is None else next(iter(applied.values()), None)
+
+
+def _unknown_words(definition: RuleDefinition, unknown: Sequence[Tuple[_Part, RuleResult]]) -> str:
+    errors = list(dict.fromkeys(result.error or 'unknown' for _, result in unknown))
+    if len(errors) == 1:
+        labels = ', '.join(part.label for part, _ in unknown if part.label)
+        return '{}{} could not be evaluated: {}'.format(definition.name, ' ({})'.format(labels) if labels else '', errors[0])
+    return '{} could not be evaluated: {}'.format(definition.name, '; '.join('{}: {}'.format(part.label, result.error) for part, result in unknown))
+
+
+def _message(definition: RuleDefinition, parts: Sequence[_Part], limit: int) -> str:
     """For the person on call, in ``limit`` characters: what fails and where (one line), then the fix,
     then what else there is; what does not fit is counted ("and N more")."""
-    if result.status is Status.UNKNOWN:
-        return _elide(printable('{} could not be evaluated: {}'.format(result.rule.name, result.error)), limit)
-    problems = _noteworthy(result)
-    if not problems:
+    known = _known(parts)
+    unknown = [(part, result) for part, result in known if result.status is Status.UNKNOWN]
+    judged = [(part, result) for part, result in known if result.status is not Status.UNKNOWN]
+    if unknown and not judged:
+        return _elide(printable(_unknown_words(definition, unknown)), limit)
+    problems = sorted(((part, r) for part, result in judged for r in _noteworthy(result)), key=lambda found: -found[1].status)
+    if not problems and not unknown:
         return ''
-    worst = problems[0]
-    head = printable('{} {} ({}): {}'.format(result.rule.name, worst.requirement, _REQUIREMENT_WORDS[worst.status], worst.explanation))
-    fixes = [printable(fix) for fix in _fixes(problems)]
     extras = []
+    if problems:
+        part, worst = problems[0]
+        head = printable('{} {} ({}): {}'.format(definition.name, _labelled(part.label, worst.requirement), _REQUIREMENT_WORDS[worst.status], worst.explanation))
+        positions = _positions(worst)
+        if unknown:
+            extras.append(_unknown_words(definition, unknown))
+    else:
+        head, positions = printable(_unknown_words(definition, unknown)), []
+    fixes = [printable(fix) for fix in dict.fromkeys(fix for _, r in problems for fix in r.remediation)]
+    extras += [_disabled_words(part.outcome) for part in parts if part.outcome.applicability.disabled_by][:1]
     if len(problems) > 1:
-        extras.append('Also: ' + ', '.join('{} {}'.format(r.requirement, _REQUIREMENT_WORDS[r.status]) for r in problems[1:]))
-    if applied is not None:
-        for waiver in applied.expired_waivers:
-            extras.append('Expired waiver ignored: {}'.format(describe_waiver(waiver)))
-        for match in applied.refused:
-            extras.append('{} cannot waive the rule that decides {} for most of its packets'.format(match.waiver.name, match.requirement))
-        for r in result.requirements:
-            waived = applied.waived_in(r.requirement)
-            if waived:
-                names = ', '.join(dict.fromkeys(m.waiver.name for m in waived))
-                extras.append('Waived: {} deviation{} of {} ({})'.format(len(waived), 's' if len(waived) > 1 else '', r.requirement, names))
-    extras += _manager_notes([p for r in problems for p in _positions(r)], short=True)
-    extras = [printable(extra) for extra in extras]
-    return _fit(head, _positions(worst), fixes, extras, limit)
+        extras.append('Also: ' + ', '.join('{} {}'.format(_labelled(part.label, r.requirement), _REQUIREMENT_WORDS[r.status]) for part, r in problems[1:]))
+    for part, result in judged:
+        extras += _waiver_extras(part, result)
+    extras += _manager_notes([p for _, r in problems for p in _positions(r)], short=True)
+    extras = [printable(extra) for extra in dict.fromkeys(extras)]
+    return _fit(head, positions, fixes, extras, limit)
+
+
+def _disabled_words(outcome: Outcome) -> str:
+    return '{} is installed but not enabled (ENABLED=no in {})'.format(outcome.rule.manager, outcome.applicability.disabled_by)
+
+
+def _waiver_extras(part: _Part, result: RuleResult) -> List[str]:
+    applied = part.applied
+    if applied is None:
+        return []
+    extras = []
+    for waiver in applied.expired_waivers:
+        extras.append('Expired waiver ignored: {}'.format(describe_waiver(waiver)))
+    for match in applied.refused:
+        extras.append('{} cannot waive the rule that decides {} for most of its packets'.format(match.waiver.name, _labelled(part.label, match.requirement)))
+    for r in result.requirements:
+        waived = applied.waived_in(r.requirement)
+        if waived:
+            names = ', '.join(dict.fromkeys(m.waiver.name for m in waived))
+            extras.append('Waived: {} deviation{} of {} ({})'.format(len(waived), 's' if len(waived) > 1 else '', _labelled(part.label, r.requirement), names))
+    return extras
 
 
 def _fit(head: str, positions: Sequence[Position], fixes: Sequence[str], extras: Sequence[str], limit: int) -> str:
@@ -346,21 +456,28 @@ def _fit(head: str, positions: Sequence[Position], fixes: Sequence[str], extras:
 # --- what the check submits every run -----------------------------------------------------------------
 
 
-def submissions(outcome: Outcome, partial: str, instance_tags: Sequence[str], applied: Optional[Applied] = None) -> Submissions:
-    tags = tuple(instance_tags) + outcome.rule.tags
-    result = applied.result if applied is not None else outcome.result
-    if result is None:
-        return Submissions((Gauge('applicable', 0, tags),), ())
-    status = service_check_status(result, partial)
-    gauges = [Gauge('applicable', 1, tags), Gauge('collection.duration', outcome.duration, tags), Gauge('evaluated', 0 if status == UNKNOWN else 1, tags)]
+def submissions(outcome: Reportable, partial: str, instance_tags: Sequence[str], applied: AppliedWaivers = None) -> Submissions:
+    """One service check per rule (all its families), its gauges, and the requirement gauges per family."""
+    definition, parts = _parts(outcome, applied)
+    known = _known(parts)
+    if not known:
+        return Submissions((Gauge('applicable', 0, tuple(instance_tags) + definition.tags(tuple(p.family for p in parts) or None)),), ())
+    tags = tuple(instance_tags) + definition.tags(tuple(part.family for part, _ in known))
+    status = _status(parts, partial)
+    assert status is not None
+    duration = sum(part.outcome.duration for part in parts)
+    gauges = [Gauge('applicable', 1, tags), Gauge('collection.duration', duration, tags), Gauge('evaluated', 0 if status == UNKNOWN else 1, tags)]
     if status != UNKNOWN:
         gauges.append(Gauge('compliant', 1 if status == OK else 0, tags))
-        gauges.append(Gauge('ruleset.rules', result.rules_on_path, tags))
-        for r in result.requirements:
-            requirement_tags = tags + ('requirement:' + r.requirement,)
-            gauges.append(Gauge('requirement.status', int(r.status), requirement_tags))
-            gauges.append(Gauge('waived', applied.waived_count(r.requirement) if applied is not None else 0, requirement_tags))
-    check = ServiceCheck(SERVICE_CHECK, status, tags, None if status == OK else message(result, applied))
+        judged = [(part, result) for part, result in known if result.status is not Status.UNKNOWN]
+        gauges.append(Gauge('ruleset.rules', sum(result.rules_on_path for _, result in judged), tags))
+        for part, result in judged:
+            part_tags = tuple(instance_tags) + part.outcome.rule.tags
+            for r in result.requirements:
+                requirement_tags = part_tags + ('requirement:' + r.requirement,)
+                gauges.append(Gauge('requirement.status', int(r.status), requirement_tags))
+                gauges.append(Gauge('waived', part.applied.waived_count(r.requirement) if part.applied is not None else 0, requirement_tags))
+    check = ServiceCheck(SERVICE_CHECK, status, tags, None if status == OK else _message(definition, parts, MESSAGE_LIMIT))
     return Submissions(tuple(gauges), (check,))
 
 
@@ -410,18 +527,34 @@ class Change:
     log: Optional[str] = None
 
 
-def state_of(outcome: Outcome, partial: str, applied: Optional[Applied] = None) -> RuleState:
-    result = applied.result if applied is not None else outcome.result
-    if result is None:
-        return RuleState(None, outcome.applicability.reason)
-    status = service_check_status(result, partial)
-    return RuleState(status, (result.error or '') if status == UNKNOWN else '')
+def state_of(outcome: Reportable, partial: str, applied: AppliedWaivers = None) -> RuleState:
+    _, parts = _parts(outcome, applied)
+    status = _status(parts, partial)
+    if status is None:
+        return RuleState(None, _not_applicable_words(parts))
+    errors = [result.error or '' for _, result in _known(parts) if result.status is Status.UNKNOWN]
+    return RuleState(status, '; '.join(errors) if status == UNKNOWN else '')
+
+
+def _not_applicable_words(parts: Sequence[_Part]) -> str:
+    reasons = list(dict.fromkeys(part.outcome.applicability.reason for part in parts))
+    if len(reasons) == 1:
+        return reasons[0]
+    return '; '.join('{}: {}'.format(part.label or part.family, part.outcome.applicability.reason) for part in parts)
+
+
+def left_out(outcome: Reportable) -> List[str]:
+    """The families of a rule that were left out where the rest of it is evaluated, with why."""
+    _, parts = _parts(outcome, None)
+    if not _known(parts):
+        return []
+    return ['{} left out: {}'.format(part.family, part.outcome.applicability.reason) for part in parts if part.result is None]
 
 
 def change(
-    outcome: Outcome,
+    outcome: Reportable,
     partial: str,
-    applied: Optional[Applied],
+    applied: AppliedWaivers,
     previous: Optional[RuleState],
     last_event_status: Optional[int],
     hostname: str,
@@ -431,19 +564,18 @@ def change(
     ``last_event_status`` the status of the last event sent for the rule (None: none yet). An event goes
     out when the status differs from the last event's (the first run included); a log line whenever the
     state changes (INFO; WARNING for a change to CRITICAL or UNKNOWN)."""
-    rule = outcome.rule.name
+    definition, parts = _parts(outcome, applied)
+    rule = definition.name
     state = state_of(outcome, partial, applied)
     if state == previous:
         return Change(state)
     if state.status is None:
         return Change(state, None, logging.INFO, printable('{} is not applicable: {}'.format(rule, state.detail)))
-    result = applied.result if applied is not None else outcome.result
-    assert result is not None
     # A change to CRITICAL, and the check unable to do its job (UNKNOWN), are warnings; the rest is news.
     level = logging.WARNING if state.status in (CRITICAL, UNKNOWN) else logging.INFO
     name = STATUS_NAMES[state.status]
     # The log line says what the service check message says (cut to the same size).
-    summary = message(result, applied).replace('\n', ' | ')
+    summary = _message(definition, parts, MESSAGE_LIMIT).replace('\n', ' | ')
     if summary.startswith(rule + ' '):
         summary = summary[len(rule) + 1 :]
     if previous is not None and previous.status == state.status:  # still UNKNOWN, for another reason
@@ -456,7 +588,7 @@ def change(
         log += ': ' + summary
     event = None
     if state.status != last_event_status:
-        event = _event(outcome, partial, applied, result, state.status, last_event_status, hostname, instance_tags)
+        event = _event(definition, parts, partial, state.status, last_event_status, hostname, instance_tags)
     return Change(state, event, level, printable(log))
 
 
@@ -471,60 +603,70 @@ def aggregation_key(hostname: str, rule: str) -> str:
 
 
 def _event(
-    outcome: Outcome,
+    definition: RuleDefinition,
+    parts: Sequence[_Part],
     partial: str,
-    applied: Optional[Applied],
-    result: RuleResult,
     status: int,
     previous: Optional[int],
     hostname: str,
     instance_tags: Sequence[str],
 ) -> Event:
-    rule = outcome.rule
     was = _was(previous) if previous is not None else ''
-    problems = _noteworthy(result)
+    problems = sorted(((part, r) for part, result in _known(parts) for r in _noteworthy(result) if r.status is not Status.UNKNOWN), key=lambda found: -found[1].status)
     headline = ''
     if status == UNKNOWN:
         headline = ': cannot be evaluated'
     elif problems:
-        headline = ': {} {}'.format(problems[0].requirement, {Status.FAIL: 'fails', Status.PARTIAL: 'partly met'}.get(problems[0].status, ''))
-    title = _elide(printable('{} is {}{}{}'.format(rule.name, STATUS_NAMES[status], was, headline)), EVENT_TITLE_LIMIT)
-    text = event_text(outcome, partial, applied, status, previous, hostname)
-    tags = tuple(instance_tags) + rule.tags
-    return Event(title, text, ALERT_TYPES[status], aggregation_key(hostname, rule.name), tags)
+        part, worst = problems[0]
+        headline = ': {} {}'.format(_labelled(part.label, worst.requirement), {Status.FAIL: 'fails', Status.PARTIAL: 'partly met'}.get(worst.status, ''))
+    title = _elide(printable('{} is {}{}{}'.format(definition.name, STATUS_NAMES[status], was, headline)), EVENT_TITLE_LIMIT)
+    text = _event_text(definition, parts, partial, status, previous, hostname)
+    tags = tuple(instance_tags) + definition.tags(tuple(part.family for part, _ in _known(parts)))
+    return Event(title, text, ALERT_TYPES[status], aggregation_key(hostname, definition.name), tags)
 
 
-def event_text(outcome: Outcome, partial: str, applied: Optional[Applied], status: int, previous: Optional[int], hostname: str = '') -> str:
+def event_text(outcome: Reportable, partial: str, applied: AppliedWaivers, status: int, previous: Optional[int], hostname: str = '') -> str:
+    definition, parts = _parts(outcome, applied)
+    return _event_text(definition, parts, partial, status, previous, hostname)
+
+
+def _event_text(definition: RuleDefinition, parts: Sequence[_Part], partial: str, status: int, previous: Optional[int], hostname: str) -> str:
     """The full explanation: every failing or partial requirement with its deciding rule, every deviation
     (up to EVENT_DEVIATIONS a requirement), every fix, the waivers, in at most EVENT_TEXT_LIMIT
     characters (the fixes come first, so that they are never cut)."""
-    rule = outcome.rule
-    result = applied.result if applied is not None else outcome.result
-    assert result is not None
+    known = _known(parts)
     where = ' on {}'.format(hostname) if hostname else ''
-    lines = ['{} ({}, {}){} is {}{}.'.format(rule.name, rule.family, rule.rule_id, where, STATUS_NAMES[status], _was(previous, first=previous is None))]
-    if outcome.origins:
-        lines.append('Evaluated: {} ({} mode).'.format(', '.join(outcome.origins), result.mode))
-    if result.status is Status.UNKNOWN:
-        lines += ['', 'Could not evaluate: {}'.format(result.error)]
-        return _cut(lines)
-    problems = _noteworthy(result)
-    fixes = _fixes(problems)
+    families = ', '.join(part.family for part, _ in known)
+    lines = ['{} ({}, {}){} is {}{}.'.format(definition.name, families, definition.rule_id, where, STATUS_NAMES[status], _was(previous, first=previous is None))]
+    for part, result in known:
+        if part.outcome.origins:
+            lines.append('{}: {} ({} mode).'.format(_labelled(part.label, 'Evaluated'), ', '.join(part.outcome.origins), result.mode))
+    lines += left_out(RuleOutcome(definition, tuple(part.outcome for part in parts)))
+    for part, result in known:
+        if result.status is Status.UNKNOWN:
+            lines += ['', '{}: {}'.format(_labelled(part.label, 'Could not evaluate'), result.error)]
+    judged = [(part, result) for part, result in known if result.status is not Status.UNKNOWN]
+    fixes = list(dict.fromkeys(fix for _, result in judged for r in _noteworthy(result) for fix in r.remediation))
     if fixes:
         lines += ['', 'To fix (each command inserts its rule where it takes effect):'] + ['  ' + fix for fix in fixes]
-    if result.status is not Status.PASS and status == OK:
+    disabled = [_disabled_words(part.outcome) for part in parts if part.outcome.applicability.disabled_by][:1]
+    if disabled:
+        lines += [''] + disabled
+    if any(result.status is not Status.PASS for _, result in judged) and status == OK:
         lines += ['', 'Partly met requirements are reported as OK (option `partial: ok`).']
-    for requirement in sorted(result.requirements, key=lambda r: (-r.status, r.requirement)):
-        lines += [''] + _requirement_lines(requirement, applied)
-    if applied is not None and applied.lapsed:
+    for part, result in judged:
+        for requirement in sorted(result.requirements, key=lambda r: (-r.status, r.requirement)):
+            lines += [''] + _requirement_lines(requirement, part.applied, part.label)
+    lapsed = list(dict.fromkeys(w for part, _ in judged if part.applied is not None for w in part.applied.lapsed))
+    if lapsed:
         lines += ['', 'Expired waivers, ignored (the deviations they match count again):']
-        lines += ['  {}: "{}"'.format(describe_waiver(w), w.justification) for w in applied.lapsed]
+        lines += ['  {}: "{}"'.format(describe_waiver(w), w.justification) for w in lapsed]
     return _cut(lines)
 
 
-def _requirement_lines(requirement: RequirementResult, applied: Optional[Applied]) -> List[str]:
+def _requirement_lines(requirement: RequirementResult, applied: Optional[Applied], label: str = '') -> List[str]:
     name = requirement.requirement
-    lines = ['{}: {} - {}'.format(name, _REQUIREMENT_WORDS[requirement.status].upper(), _DESCRIPTIONS.get(name, ''))]
+    lines = ['{}: {} - {}'.format(_labelled(label, name), _REQUIREMENT_WORDS[requirement.status].upper(), _DESCRIPTIONS.get(name, ''))]
     if requirement.deciding is not None:
         lines.append('  decided: {} by {}'.format(_verdict(requirement.verdict), requirement.deciding.describe()))
     else:
@@ -578,69 +720,95 @@ def _position(position: Optional[Position]) -> Optional[Dict[str, Any]]:
     }
 
 
-def to_json(outcome: Outcome, partial: str, applied: Optional[Applied] = None) -> Dict[str, Any]:
-    """The CLI's JSON for one rule."""
-    rule = outcome.rule
+def to_json(outcome: Reportable, partial: str, applied: AppliedWaivers = None) -> Dict[str, Any]:
+    """The CLI's JSON for one rule: the rule, then per requirement (with its family) what decided."""
+    definition, parts = _parts(outcome, applied)
+    known = _known(parts)
+    several = len(definition.families) > 1
     document: Dict[str, Any] = {
-        'rule': rule.name,
-        'rule_id': rule.rule_id,
-        'family': rule.family,
-        'applicable': outcome.applicability.applicable,
-        'applicability': outcome.applicability.reason,
-        'sources': list(outcome.origins),
-        'duration_seconds': round(outcome.duration, 6),
+        'rule': definition.name,
+        'rule_id': definition.rule_id,
+        'manager': definition.manager,
+        'family': None if several else parts[0].family if parts else None,
+        'families': [part.family for part, _ in known] if known else [part.family for part in parts],
+        'applicable': bool(known),
+        'applicability': _not_applicable_words(parts),
+        'sources': [origin for part in parts for origin in part.outcome.origins],
+        'duration_seconds': round(sum(part.outcome.duration for part in parts), 6),
     }
-    result = applied.result if applied is not None else outcome.result
-    if result is None:
+    status = _status(parts, partial)
+    if status is None:
         return document
-    status = service_check_status(result, partial)
+    judged = [(part, result) for part, result in known if result.status is not Status.UNKNOWN]
+    errors = ['{}{}'.format(part.label + ': ' if part.label else '', result.error) for part, result in known if result.error]
     document.update(
         {
             'status': STATUS_NAMES[status],
             'status_code': status,
-            'mode': result.mode,
-            'message': message(result, applied) or None,
-            'error': result.error,
-            'rules_on_path': result.rules_on_path if result.status is not Status.UNKNOWN else None,
-            'requirements': [
-                {
-                    'requirement': r.requirement,
-                    'status': _REQUIREMENT_WORDS[r.status],
-                    'status_code': int(r.status),
-                    'explanation': r.explanation,
-                    'deciding': _position(r.deciding),
-                    'deviations': [dict(_position(d.where) or {}, verdict=d.verdict) for d in r.deviations],
-                    'waived': [
-                        dict(_position(m.deviation.where) or {}, verdict=m.deviation.verdict, waiver=m.waiver.name, justification=m.waiver.justification)
-                        for m in (applied.waived_in(r.requirement) if applied is not None else ())
-                    ],
-                    'remediation': list(r.remediation),
-                }
-                for r in result.requirements
-            ],
+            'mode': known[0][1].mode,
+            'message': _message(definition, parts, MESSAGE_LIMIT) or None,
+            'error': '; '.join(errors) or None,
+            'rules_on_path': sum(result.rules_on_path for _, result in judged) if judged else None,
+            'left_out': left_out(RuleOutcome(definition, tuple(part.outcome for part in parts))),
+            'requirements': [_requirement_json(part, r) for part, result in judged for r in result.requirements],
         }
     )
-    if applied is not None and applied.expired_waivers:
-        document['expired_waivers'] = [describe_waiver(w) for w in applied.expired_waivers]
+    expired = list(dict.fromkeys(describe_waiver(w) for part, _ in known if part.applied is not None for w in part.applied.expired_waivers))
+    if expired:
+        document['expired_waivers'] = expired
     return document
 
 
-def to_text(outcome: Outcome, partial: str, applied: Optional[Applied] = None) -> str:
+def _requirement_json(part: _Part, r: RequirementResult) -> Dict[str, Any]:
+    applied = part.applied
+    return {
+        'requirement': r.requirement,
+        'family': part.family,
+        'status': _REQUIREMENT_WORDS[r.status],
+        'status_code': int(r.status),
+        'explanation': r.explanation,
+        'deciding': _position(r.deciding),
+        'deviations': [dict(_position(d.where) or {}, verdict=d.verdict) for d in r.deviations],
+        'waived': [
+            dict(_position(m.deviation.where) or {}, verdict=m.deviation.verdict, waiver=m.waiver.name, justification=m.waiver.justification)
+            for m in (applied.waived_in(r.requirement) if applied is not None else ())
+        ],
+        'remediation': list(r.remediation),
+    }
+
+
+def to_text(outcome: Reportable, partial: str, applied: AppliedWaivers = None) -> str:
     """The CLI's human report for one rule."""
-    rule = outcome.rule
-    header = '{} ({}, {})'.format(rule.name, rule.family, rule.rule_id)
-    result = applied.result if applied is not None else outcome.result
-    if result is None:
-        return '{}: NOT APPLICABLE - {}\n'.format(header, outcome.applicability.reason)
-    status = service_check_status(result, partial)
+    definition, parts = _parts(outcome, applied)
+    known = _known(parts)
+    families = ', '.join(part.family for part, _ in known) or ', '.join(part.family for part in parts)
+    header = '{} ({}, {})'.format(definition.name, families, definition.rule_id)
+    status = _status(parts, partial)
+    if status is None:
+        return '{}: NOT APPLICABLE - {}\n'.format(header, _not_applicable_words(parts))
     lines = ['{}: {}'.format(header, STATUS_NAMES[status])]
-    if outcome.origins:
-        lines.append('  evaluated: {} ({} mode)'.format(', '.join(outcome.origins), result.mode))
+    lines += ['  ' + line for line in left_out(RuleOutcome(definition, tuple(part.outcome for part in parts)))]
+    for part in parts:
+        if part.outcome.applicability.disabled_by:
+            lines.append('  ' + _disabled_words(part.outcome))
+            break
+    for part, result in known:
+        lines += _text_lines(part, result)
+    expired = list(dict.fromkeys(describe_waiver(w) for part, _ in known if part.applied is not None for w in part.applied.expired_waivers))
+    lines += ['  expired waiver ignored: {}'.format(waiver) for waiver in expired]
+    return printable('\n'.join(lines) + '\n')
+
+
+def _text_lines(part: _Part, result: RuleResult) -> List[str]:
+    lines = []
+    if part.outcome.origins:
+        lines.append('  {}: {} ({} mode)'.format(_labelled(part.label, 'evaluated'), ', '.join(part.outcome.origins), result.mode))
     if result.status is Status.UNKNOWN:
-        lines.append('  could not evaluate: {}'.format(result.error))
-        return printable('\n'.join(lines) + '\n')
+        lines.append('  {}: {}'.format(_labelled(part.label, 'could not evaluate'), result.error))
+        return lines
+    applied = part.applied
     for requirement in result.requirements:
-        lines.append('  [{}] {}: {}'.format(_REQUIREMENT_WORDS[requirement.status].upper(), requirement.requirement, requirement.explanation))
+        lines.append('  [{}] {}: {}'.format(_REQUIREMENT_WORDS[requirement.status].upper(), _labelled(part.label, requirement.requirement), requirement.explanation))
         for deviation in requirement.deviations[:10]:
             lines.append('      part {} by {}'.format(deviation.verdict, deviation.where.describe()))
         if len(requirement.deviations) > 10:
@@ -653,8 +821,4 @@ def to_text(outcome: Outcome, partial: str, applied: Optional[Applied] = None) -
                 lines.append('      ' + note)
         for fix in requirement.remediation:
             lines.append('      fix: {}'.format(fix))
-    if applied is not None:
-        for waiver in applied.expired_waivers:
-            lines.append('  expired waiver ignored: {}'.format(describe_waiver(waiver)))
-    return printable('\n'.join(lines) + '\n')
-
+    return lines

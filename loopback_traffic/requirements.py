@@ -221,8 +221,19 @@ def requirement_named(name: str) -> Requirement:
     raise KeyError(name)
 
 
+# Who manages the firewall a rule is written for (spec section 1): the language of its fixes.
+IPTABLES = 'iptables'
+UFW = 'ufw'
+NFTABLES = 'nftables'
+
+LOOPBACK_NETWORKS = {IPV4: ipaddress.ip_network('127.0.0.0/8'), IPV6: ipaddress.ip_network('::1/128')}
+_IPTABLES_COMMANDS = {IPV4: ('iptables', 'iptables-save'), IPV6: ('ip6tables', 'ip6tables-save')}
+
+
 @dataclass(frozen=True)
 class ComplianceRule:
+    """One family of a compliance rule: what the evaluator judges on that family's rulesets."""
+
     name: str
     family: str
     rule_id: str
@@ -230,6 +241,7 @@ class ComplianceRule:
     iptables: str  # the command that changes this family's rules
     save_tool: str
     requirements: Tuple[Requirement, ...] = REQUIREMENTS
+    manager: str = IPTABLES
 
     @property
     def loopback_text(self) -> str:
@@ -240,16 +252,75 @@ class ComplianceRule:
         return ('rule:' + self.name, 'family:' + self.family, 'rule_id:' + self.rule_id)
 
 
-SET_LOOPBACK_TRAFFIC = ComplianceRule(
-    'set_loopback_traffic', IPV4, 'def-000-byk', ipaddress.ip_network('127.0.0.0/8'), 'iptables', 'iptables-save'
-)
-SET_IPV6_LOOPBACK_TRAFFIC = ComplianceRule(
-    'set_ipv6_loopback_traffic', IPV6, 'def-000-mkc', ipaddress.ip_network('::1/128'), 'ip6tables', 'ip6tables-save'
-)
+def _part(name: str, family: str, rule_id: str, manager: str, requirements: Tuple[Requirement, ...] = REQUIREMENTS) -> ComplianceRule:
+    command, save_tool = _IPTABLES_COMMANDS[family]
+    return ComplianceRule(name, family, rule_id, LOOPBACK_NETWORKS[family], command, save_tool, requirements, manager)
+
+
+@dataclass(frozen=True)
+class RuleDefinition:
+    """A compliance rule of spec section 1: its families (one service check for all of them), the
+    firewall manager it is written for, and one :class:`ComplianceRule` per family."""
+
+    name: str
+    rule_id: str
+    manager: str
+    parts: Tuple[ComplianceRule, ...]
+
+    @property
+    def families(self) -> Tuple[str, ...]:
+        return tuple(part.family for part in self.parts)
+
+    @property
+    def requirements(self) -> Tuple[Requirement, ...]:
+        return self.parts[0].requirements
+
+    def part(self, family: str) -> ComplianceRule:
+        for part in self.parts:
+            if part.family == family:
+                return part
+        raise KeyError(family)
+
+    def tags(self, families: Optional[Tuple[str, ...]] = None) -> Tuple[str, ...]:
+        """``rule:``, a ``family:`` per family covered (all of them by default), ``rule_id:``."""
+        covered = self.families if families is None else families
+        return ('rule:' + self.name,) + tuple('family:' + family for family in covered) + ('rule_id:' + self.rule_id,)
+
+
+SET_LOOPBACK_TRAFFIC = _part('set_loopback_traffic', IPV4, 'def-000-byk', IPTABLES)
+SET_IPV6_LOOPBACK_TRAFFIC = _part('set_ipv6_loopback_traffic', IPV6, 'def-000-mkc', IPTABLES)
 COMPLIANCE_RULES = (SET_LOOPBACK_TRAFFIC, SET_IPV6_LOOPBACK_TRAFFIC)
+
+_NFTABLES_REQUIREMENTS = tuple(r for r in REQUIREMENTS if r.name in (INPUT_ACCEPT_LO, INPUT_DROP_LOOPBACK_SOURCE))
+
+RULES = (
+    RuleDefinition(SET_LOOPBACK_TRAFFIC.name, SET_LOOPBACK_TRAFFIC.rule_id, IPTABLES, (SET_LOOPBACK_TRAFFIC,)),
+    RuleDefinition(SET_IPV6_LOOPBACK_TRAFFIC.name, SET_IPV6_LOOPBACK_TRAFFIC.rule_id, IPTABLES, (SET_IPV6_LOOPBACK_TRAFFIC,)),
+    RuleDefinition(
+        'set_ufw_loopback_traffic',
+        'def-000-sbg',
+        UFW,
+        tuple(_part('set_ufw_loopback_traffic', family, 'def-000-sbg', UFW) for family in FAMILIES),
+    ),
+    RuleDefinition(
+        'set_nftables_loopback_traffic',
+        'def-000-x1o',
+        NFTABLES,
+        tuple(_part('set_nftables_loopback_traffic', family, 'def-000-x1o', NFTABLES, _NFTABLES_REQUIREMENTS) for family in FAMILIES),
+    ),
+)
+RULE_NAMES = tuple(rule.name for rule in RULES)
+
+
+def rule_named(name: str) -> RuleDefinition:
+    for rule in RULES:
+        if rule.name == name:
+            return rule
+    raise KeyError(name)
 
 
 def rule_for_family(family: str) -> ComplianceRule:
+    """The iptables rule of ``family``."""
     for rule in COMPLIANCE_RULES:
         if rule.family == family:
             return rule

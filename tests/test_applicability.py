@@ -16,6 +16,7 @@ from datadog_checks.loopback_traffic.applicability import (
     ApplicabilityError,
 )
 from datadog_checks.loopback_traffic.config import parse_options
+from datadog_checks.loopback_traffic.requirements import COMPLIANCE_RULES, rule_for_family
 
 from .rulesets import CIS_V4, CIS_V6
 
@@ -174,7 +175,7 @@ def bump_mtime(path, seconds=10):
 def test_dpkg_states(tmp_path, packages, applicable, named):
     subject = checker(tmp_path, dpkg_status_file=write_dpkg(tmp_path, packages))
     for family in (IPV4, IPV6):
-        result = subject.check(family)
+        result = subject.check(rule_for_family(family))
         assert result.applicable is applicable, (family, result)
         if applicable:
             assert result.reason.startswith('applicable'), result.reason
@@ -182,9 +183,9 @@ def test_dpkg_states(tmp_path, packages, applicable, named):
             assert result.reason.startswith('not applicable'), result.reason
             assert named in result.reason
     if named == 'nftables':
-        assert 'ufw' not in subject.check(IPV4).reason
+        assert 'ufw' not in subject.check(rule_for_family(IPV4)).reason
     if named == 'ufw':
-        assert 'nftables' not in subject.check(IPV4).reason
+        assert 'nftables' not in subject.check(rule_for_family(IPV4)).reason
 
 
 def test_iptables_packages_are_the_ones_the_code_documents():
@@ -194,9 +195,9 @@ def test_iptables_packages_are_the_ones_the_code_documents():
 @pytest.mark.parametrize('package', ['iptables-nft', 'iptables-legacy'])
 def test_iptables_nft_and_legacy_packages_count_as_iptables(tmp_path, package):
     subject = checker(tmp_path, dpkg_status_file=write_dpkg(tmp_path, {package: INSTALLED}))
-    assert subject.check(IPV4).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
     blocked = checker(tmp_path, dpkg_status_file=write_dpkg(tmp_path, {package: INSTALLED, 'nftables': INSTALLED}, 'status2'))
-    assert not blocked.check(IPV4).applicable
+    assert not blocked.check(rule_for_family(IPV4)).applicable
 
 
 def test_one_architecture_installed_is_enough(tmp_path):
@@ -204,13 +205,13 @@ def test_one_architecture_installed_is_enough(tmp_path):
     text = stanza('iptables', CONFIG_FILES).replace('amd64', 'i386') + '\n' + stanza('iptables', INSTALLED)
     path = tmp_path / 'status'
     path.write_text(text)
-    assert checker(tmp_path, dpkg_status_file=str(path)).check(IPV4).applicable
+    assert checker(tmp_path, dpkg_status_file=str(path)).check(rule_for_family(IPV4)).applicable
 
 
 def test_last_stanza_without_trailing_newline(tmp_path):
     path = tmp_path / 'status'
     path.write_text(stanza('base-files', INSTALLED) + '\nPackage: iptables\nStatus: install ok installed')
-    assert checker(tmp_path, dpkg_status_file=str(path)).check(IPV4).applicable
+    assert checker(tmp_path, dpkg_status_file=str(path)).check(rule_for_family(IPV4)).applicable
 
 
 def test_the_real_dpkg_status_file_of_this_machine_is_read_like_dpkg_query():
@@ -249,15 +250,15 @@ def count_dpkg_reads(monkeypatch):
 def test_dpkg_status_is_read_once_while_unchanged(tmp_path, count_dpkg_reads):
     subject = checker(tmp_path, dpkg_status_file=write_dpkg(tmp_path, {'iptables': INSTALLED}))
     for _ in range(3):
-        assert subject.check(IPV4).applicable
-        assert subject.check(IPV6).applicable
+        assert subject.check(rule_for_family(IPV4)).applicable
+        assert subject.check(rule_for_family(IPV6)).applicable
     assert len(count_dpkg_reads) == 1
 
 
 def test_dpkg_status_is_reread_when_it_changes(tmp_path, count_dpkg_reads):
     path = write_dpkg(tmp_path, {'iptables': INSTALLED})
     subject = checker(tmp_path, dpkg_status_file=path)
-    assert subject.check(IPV4).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
     assert len(count_dpkg_reads) == 1
 
     # `apt install nftables`: new content, new size, new mtime.
@@ -265,32 +266,32 @@ def test_dpkg_status_is_reread_when_it_changes(tmp_path, count_dpkg_reads):
     with open(path, 'w') as status_file:
         status_file.write(dpkg_status({'iptables': INSTALLED, 'nftables': INSTALLED}))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
-    result = subject.check(IPV4)
+    result = subject.check(rule_for_family(IPV4))
     assert not result.applicable and 'nftables' in result.reason
     assert len(count_dpkg_reads) == 2
-    assert not subject.check(IPV4).applicable
+    assert not subject.check(rule_for_family(IPV4)).applicable
     assert len(count_dpkg_reads) == 2
 
 
 def test_dpkg_status_mtime_alone_triggers_a_reread(tmp_path, count_dpkg_reads):
     path = write_dpkg(tmp_path, {'iptables': INSTALLED})
     subject = checker(tmp_path, dpkg_status_file=path)
-    subject.check(IPV4)
+    subject.check(rule_for_family(IPV4))
     bump_mtime(path)
-    subject.check(IPV4)
+    subject.check(rule_for_family(IPV4))
     assert len(count_dpkg_reads) == 2
 
 
 def test_dpkg_status_size_alone_triggers_a_reread(tmp_path, count_dpkg_reads):
     path = write_dpkg(tmp_path, {'iptables': INSTALLED})
     subject = checker(tmp_path, dpkg_status_file=path)
-    assert subject.check(IPV4).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
     before = os.stat(path)
     with open(path, 'w') as status_file:
         status_file.write(dpkg_status({'iptables': INSTALLED, 'ufw': INSTALLED}))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # same mtime, other size
     assert os.stat(path).st_size != before.st_size
-    result = subject.check(IPV4)
+    result = subject.check(rule_for_family(IPV4))
     assert len(count_dpkg_reads) == 2
     assert not result.applicable and 'ufw' in result.reason
 
@@ -299,7 +300,7 @@ def test_an_unchanged_stamp_keeps_the_cached_answer(tmp_path, count_dpkg_reads):
     """The cache really is a cache: same size and mtime, different bytes -> the old answer (documented design)."""
     path = write_dpkg(tmp_path, {'iptables': INSTALLED, 'ufw': CONFIG_FILES})
     subject = checker(tmp_path, dpkg_status_file=path)
-    assert subject.check(IPV4).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
     before = os.stat(path)
     # ufw becomes installed; the status line is padded so that the file keeps its size.
     text = dpkg_status({'iptables': INSTALLED, 'ufw': INSTALLED.ljust(len(CONFIG_FILES))})
@@ -307,7 +308,7 @@ def test_an_unchanged_stamp_keeps_the_cached_answer(tmp_path, count_dpkg_reads):
     with open(path, 'w') as status_file:
         status_file.write(text)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert subject.check(IPV4).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
     assert len(count_dpkg_reads) == 1
 
 
@@ -318,7 +319,7 @@ def test_no_package_database_is_an_error_that_says_how_to_fix_it(tmp_path):
     subject = checker(tmp_path)
     for family in (IPV4, IPV6):
         with pytest.raises(ApplicabilityError) as raised:
-            subject.check(family)
+            subject.check(rule_for_family(family))
         text = str(raised.value)
         assert 'applicability: always' in text
         assert str(tmp_path / 'no-dpkg-status') in text and str(tmp_path / 'no-rpm-db') in text
@@ -329,7 +330,7 @@ def test_a_dpkg_status_path_that_cannot_be_read_is_an_error(tmp_path):
     directory = tmp_path / 'status-is-a-directory'
     directory.mkdir()
     with pytest.raises(ApplicabilityError) as raised:
-        checker(tmp_path, dpkg_status_file=str(directory)).check(IPV4)
+        checker(tmp_path, dpkg_status_file=str(directory)).check(rule_for_family(IPV4))
     assert str(directory) in str(raised.value)
     assert 'applicability: always' in str(raised.value)
 
@@ -343,7 +344,7 @@ def test_always_reads_nothing(tmp_path, count_dpkg_reads):
         **rpm.options(),
     )
     for family in (IPV4, IPV6):
-        result = subject.check(family)
+        result = subject.check(rule_for_family(family))
         assert result.applicable
         assert 'always' in result.reason
     assert rpm.calls() == []
@@ -357,7 +358,7 @@ def test_always_overrides_blocking_packages_and_disabled_ipv6(tmp_path):
         dpkg_status_file=write_dpkg(tmp_path, {'nftables': INSTALLED, 'ufw': INSTALLED}),
         proc_path=make_proc(tmp_path, '1'),
     )
-    assert subject.check(IPV4).applicable and subject.check(IPV6).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable and subject.check(rule_for_family(IPV6)).applicable
 
 
 # --------------------------------------------------------------------------- rpm
@@ -379,7 +380,7 @@ def test_always_overrides_blocking_packages_and_disabled_ipv6(tmp_path):
 def test_rpm_database(tmp_path, installed, applicable, named):
     rpm = FakeRpm(tmp_path, installed)
     subject = checker(tmp_path, **rpm.options())
-    result = subject.check(IPV4)
+    result = subject.check(rule_for_family(IPV4))
     assert result.applicable is applicable, result
     if named:
         assert named in result.reason
@@ -392,29 +393,29 @@ def test_rpm_database(tmp_path, installed, applicable, named):
 def test_rpm_is_queried_again_only_when_the_database_directory_changes(tmp_path):
     rpm = FakeRpm(tmp_path, ['iptables'])
     subject = checker(tmp_path, **rpm.options())
-    assert subject.check(IPV4).applicable
-    assert subject.check(IPV6).applicable
-    assert subject.check(IPV4).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
+    assert subject.check(rule_for_family(IPV6)).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
     assert len(rpm.calls()) == 1
 
     # What rpm would answer changes, the database directory does not: the cached answer stays.
     rpm.set_installed(['iptables', 'nftables'])
-    assert subject.check(IPV4).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
     assert len(rpm.calls()) == 1
 
     # The database directory changes (rpm -i rewrites it): rpm is asked again.
     bump_mtime(str(rpm.database))
-    result = subject.check(IPV4)
+    result = subject.check(rule_for_family(IPV4))
     assert not result.applicable and 'nftables' in result.reason
     assert len(rpm.calls()) == 2
-    assert not subject.check(IPV4).applicable
+    assert not subject.check(rule_for_family(IPV4)).applicable
     assert len(rpm.calls()) == 2
 
 
 def test_dpkg_is_preferred_when_both_databases_exist(tmp_path):
     rpm = FakeRpm(tmp_path, ['nftables'])
     subject = checker(tmp_path, dpkg_status_file=write_dpkg(tmp_path, {'iptables': INSTALLED}), **rpm.options())
-    assert subject.check(IPV4).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
     assert rpm.calls() == []
 
 
@@ -423,7 +424,7 @@ def test_a_missing_rpm_command_is_an_error(tmp_path):
     database.mkdir()
     missing = str(tmp_path / 'no-such-rpm')
     with pytest.raises(ApplicabilityError) as raised:
-        checker(tmp_path, rpm_command=[missing], rpm_database_path=str(database)).check(IPV4)
+        checker(tmp_path, rpm_command=[missing], rpm_database_path=str(database)).check(rule_for_family(IPV4))
     assert missing in str(raised.value)
 
 
@@ -440,7 +441,7 @@ def test_a_failing_rpm_query_is_an_error_not_a_silent_not_applicable(tmp_path):
     broken.chmod(0o755)
     subject = checker(tmp_path, rpm_command=[str(broken)], rpm_database_path=str(database))
     with pytest.raises(ApplicabilityError) as raised:
-        subject.check(IPV4)
+        subject.check(rule_for_family(IPV4))
     assert 'cannot open Packages' in str(raised.value)
 
 
@@ -454,42 +455,42 @@ def iptables_only(tmp_path):
 
 def test_ipv6_disabled_makes_only_the_ipv6_rule_not_applicable(tmp_path, iptables_only):
     subject = checker(tmp_path, dpkg_status_file=iptables_only, proc_path=make_proc(tmp_path, '1'))
-    v6 = subject.check(IPV6)
+    v6 = subject.check(rule_for_family(IPV6))
     assert not v6.applicable
     assert 'disable_ipv6' in v6.reason and v6.reason.startswith('not applicable')
-    assert subject.check(IPV4).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
 
 
 def test_ipv6_enabled_is_applicable(tmp_path, iptables_only):
     subject = checker(tmp_path, dpkg_status_file=iptables_only, proc_path=make_proc(tmp_path, '0'))
-    assert subject.check(IPV6).applicable
-    assert subject.check(IPV4).applicable
+    assert subject.check(rule_for_family(IPV6)).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
 
 
 def test_the_ipv6_flag_is_read_on_every_check(tmp_path, iptables_only):
     proc = make_proc(tmp_path, '0')
     subject = checker(tmp_path, dpkg_status_file=iptables_only, proc_path=proc)
-    assert subject.check(IPV6).applicable
+    assert subject.check(rule_for_family(IPV6)).applicable
     with open(os.path.join(proc, 'sys/net/ipv6/conf/all/disable_ipv6'), 'w') as flag:
         flag.write('1\n')
-    assert not subject.check(IPV6).applicable
+    assert not subject.check(rule_for_family(IPV6)).applicable
 
 
 def test_kernel_without_ipv6(tmp_path, iptables_only):
     subject = checker(tmp_path, dpkg_status_file=iptables_only, proc_path=make_proc(tmp_path, None))
-    v6 = subject.check(IPV6)
+    v6 = subject.check(rule_for_family(IPV6))
     assert not v6.applicable
     assert 'no IPv6' in v6.reason
-    assert subject.check(IPV4).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
 
 
 def test_missing_proc_path_is_an_error_for_ipv6_only(tmp_path, iptables_only):
     missing = str(tmp_path / 'host-proc')
     subject = checker(tmp_path, dpkg_status_file=iptables_only, proc_path=missing)
     with pytest.raises(ApplicabilityError) as raised:
-        subject.check(IPV6)
+        subject.check(rule_for_family(IPV6))
     assert missing in str(raised.value) and 'proc_path' in str(raised.value)
-    assert subject.check(IPV4).applicable
+    assert subject.check(rule_for_family(IPV4)).applicable
 
 
 def test_unreadable_ipv6_flag_is_an_error(tmp_path, iptables_only):
@@ -499,7 +500,7 @@ def test_unreadable_ipv6_flag_is_an_error(tmp_path, iptables_only):
     assert stat.S_ISDIR(os.stat(flag).st_mode)
     subject = checker(tmp_path, dpkg_status_file=iptables_only, proc_path=proc)
     with pytest.raises(ApplicabilityError) as raised:
-        subject.check(IPV6)
+        subject.check(rule_for_family(IPV6))
     assert flag in str(raised.value)
 
 
@@ -507,7 +508,7 @@ def test_packages_are_decided_before_ipv6(tmp_path):
     subject = checker(
         tmp_path, dpkg_status_file=write_dpkg(tmp_path, {'iptables': INSTALLED, 'ufw': INSTALLED}), proc_path=make_proc(tmp_path, '1')
     )
-    result = subject.check(IPV6)
+    result = subject.check(rule_for_family(IPV6))
     assert not result.applicable and 'ufw' in result.reason
 
 
@@ -526,6 +527,7 @@ def agent_check(tmp_path, **options):
         'rpm_database_path': str(tmp_path / 'no-rpm-db'),
     }
     instance.update(options)
+    instance.setdefault('rules', [r.name for r in COMPLIANCE_RULES if r.family in instance.get('families', ('ipv4', 'ipv6'))])
     check = LoopbackTrafficCheck('loopback_traffic', {}, [instance])
     check.check_id = 'loopback_traffic:applicability-test'
     return check

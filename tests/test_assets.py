@@ -36,8 +36,8 @@ EMITTED_METRICS = {
 }
 # The metrics tagged by requirement.
 REQUIREMENT_METRICS = {'loopback_traffic.requirement.status', 'loopback_traffic.waived'}
-RULES = {'set_loopback_traffic', 'set_ipv6_loopback_traffic'}
-RULE_IDS = {'def-000-byk', 'def-000-mkc'}
+RULES = {'set_loopback_traffic', 'set_ipv6_loopback_traffic', 'set_ufw_loopback_traffic', 'set_nftables_loopback_traffic'}
+RULE_IDS = {'def-000-byk', 'def-000-mkc', 'def-000-sbg', 'def-000-x1o'}
 FAMILIES = {'ipv4', 'ipv6'}
 REQUIREMENTS = {'input_accept_lo', 'output_accept_lo', 'input_drop_loopback_source'}
 # Tags the check puts on every submission, with their possible values.
@@ -56,6 +56,7 @@ CHECK_OPTIONS = {
     'ip6tables_legacy_save_command',
     'use_sudo',
     'timeout',
+    'rules',
     'families',
     'ruleset_files',
     'applicability',
@@ -64,6 +65,7 @@ CHECK_OPTIONS = {
     'collection',
     'table_listing_interval',
     'proc_path',
+    'host_root',
     'dpkg_status_file',
     'rpm_command',
     'rpm_database_path',
@@ -117,6 +119,7 @@ TRUSTED_PROVIDER_OPTIONS = {
     'ip6tables_legacy_save_command',
     'rpm_command',
     'network_namespace',
+    'host_root',
 }
 
 METADATA_HEADER = [

@@ -8,6 +8,7 @@ import pytest
 from datadog_checks.base import AgentCheck, ConfigurationError
 from datadog_checks.dev.utils import get_metadata_metrics, get_service_checks
 from datadog_checks.loopback_traffic import LoopbackTrafficCheck
+from datadog_checks.loopback_traffic.requirements import COMPLIANCE_RULES
 
 from .netns import netns  # noqa: F401
 from .rulesets import CIS_V4, CIS_V6, filter_table
@@ -34,9 +35,16 @@ def saved(tmp_path):
     return write
 
 
+def iptables_rules(families=('ipv4', 'ipv6')):
+    """The iptables rules of ``families``: what most tests here judge (the others have tests of their own)."""
+    return [rule.name for rule in COMPLIANCE_RULES if rule.family in families]
+
+
 def make_check(**options):
     instance = {'tags': list(INSTANCE_TAGS), 'applicability': 'always'}
     instance.update(options)
+    if iptables_rules(instance.get('families') or ('ipv4', 'ipv6')):
+        instance.setdefault('rules', iptables_rules(instance.get('families') or ('ipv4', 'ipv6')))
     check = LoopbackTrafficCheck('loopback_traffic', {}, [instance])
     check.check_id = 'loopback_traffic:test'
     return check

@@ -22,6 +22,7 @@ from .rulesets import CIS_V4, CIS_V6, filter_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(os.path.dirname(sys.executable), 'loopback-traffic')
+IPTABLES_RULES = ['set_loopback_traffic', 'set_ipv6_loopback_traffic']
 V4_HEADER = 'set_loopback_traffic (ipv4, def-000-byk)'
 V6_HEADER = 'set_ipv6_loopback_traffic (ipv6, def-000-mkc)'
 REQUIREMENTS = ['input_accept_lo', 'output_accept_lo', 'input_drop_loopback_source']
@@ -461,6 +462,8 @@ def namespace_config(write, ns, **options):
         'ip6tables_save_command': ns.argv_prefix() + ['ip6tables-save'],
     }
     instance.update(options)
+    families = instance.get('families', ['ipv4', 'ipv6'])
+    instance.setdefault('rules', [name for name, family in zip(IPTABLES_RULES, ('ipv4', 'ipv6')) if family in families])
     return write_config(write, instance)
 
 
@@ -511,7 +514,16 @@ def test_missing_save_binary_is_unknown(capsys, write):
 
 
 def test_missing_save_binary_in_a_real_process(write):
-    path = write_config(write, {'applicability': 'always', 'collection': 'save', 'iptables_save_command': ['/nonexistent/iptables-save'], 'ip6tables_save_command': ['/nonexistent/ip6tables-save']})
+    path = write_config(
+        write,
+        {
+            'applicability': 'always',
+            'rules': IPTABLES_RULES,
+            'collection': 'save',
+            'iptables_save_command': ['/nonexistent/iptables-save'],
+            'ip6tables_save_command': ['/nonexistent/ip6tables-save'],
+        },
+    )
     done = run_process(['--config', path, '--json'])
     assert done.returncode == 3
     rules = json.loads(done.stdout)['rules']
@@ -590,7 +602,7 @@ def nobody():
 
 
 def test_without_root_the_kernel_refuses_to_show_its_ruleset(nobody):
-    done = nobody(['-m', 'datadog_checks.loopback_traffic', '--applicability', 'always'])
+    done = nobody(['-m', 'datadog_checks.loopback_traffic', '--applicability', 'always', '--rules', ','.join(IPTABLES_RULES)])
     output = done.stdout + done.stderr
     assert done.returncode == 3, output
     assert 'Traceback' not in output
@@ -633,7 +645,7 @@ def test_package_applicability_of_this_host(capsys):
     blockers = sorted(installed & {'nftables', 'ufw'})
     if not blockers:
         pytest.skip('neither nftables nor ufw is installed here: the rules would be evaluated on the live host')
-    code, out, err = run([], capsys)
+    code, out, err = run(['--rules', ','.join(IPTABLES_RULES)], capsys)
     assert code == 0, out + err
     reason = 'not applicable: {} installed (the rule applies to hosts managed with iptables only)'.format(' and '.join(blockers))
     anyway = '  to evaluate it anyway: --applicability always (or `applicability: always` in conf.yaml)'
@@ -644,7 +656,7 @@ def test_package_applicability_of_this_host(capsys):
         anyway,
         '2 rules: 2 NOT APPLICABLE',
     ]
-    code, out, _ = run(['--json'], capsys)
+    code, out, _ = run(['--json', '--rules', ','.join(IPTABLES_RULES)], capsys)
     assert code == 0
     for rule in json.loads(out)['rules']:
         assert rule['applicable'] is False and rule['applicability'] == reason

@@ -12,7 +12,7 @@ from datadog_checks.loopback_traffic.applicability import ApplicabilityChecker
 from datadog_checks.loopback_traffic.collect import KERNEL, CollectionError, collect, read_file
 from datadog_checks.loopback_traffic.config import parse_options
 from datadog_checks.loopback_traffic.pipeline import InstanceState, run_rule
-from datadog_checks.loopback_traffic.requirements import INPUT_ACCEPT_LO, INPUT_DROP_LOOPBACK_SOURCE, OUTPUT_ACCEPT_LO
+from datadog_checks.loopback_traffic.requirements import INPUT_ACCEPT_LO, INPUT_DROP_LOOPBACK_SOURCE, OUTPUT_ACCEPT_LO, rule_for_family
 from datadog_checks.loopback_traffic.results import Status
 
 from .netns import netns, probe_loopback, require_tools  # noqa: F401
@@ -47,7 +47,7 @@ def options(ns, family, collection='auto', **more):
 
 def evaluate_with(ns, family, collection='auto', state=None, expect_error=False, **more):
     opts = options(ns, family, collection, **more)
-    outcome = run_rule(opts, family, ApplicabilityChecker(opts), state=state)
+    outcome = run_rule(opts, rule_for_family(family), ApplicabilityChecker(opts), state=state)
     if not expect_error:
         assert outcome.result.error is None, outcome.result.error
     return outcome

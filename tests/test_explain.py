@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from datadog_checks.loopback_traffic.cli import EXAMPLES, EXAMPLES_DIR, main
+from datadog_checks.loopback_traffic.cli import EXAMPLE_FILES, EXAMPLE_RULES, EXAMPLES_DIR, main
 from datadog_checks.loopback_traffic.evaluator import EFFECTIVE, LITERAL, Source, evaluate
 from datadog_checks.loopback_traffic.explain import explain
 from datadog_checks.loopback_traffic.parser import parse_ruleset
@@ -15,11 +15,13 @@ from .netns import netns, require_tools  # noqa: F401  (netns is a fixture)
 from .rulesets import CIS_V4, CIS_V6, filter_table, table
 
 NAMES = [requirement.name for requirement in REQUIREMENTS]
+# The examples judged by the iptables rule (one IPv4 file each).
+EXAMPLES = [name for name in EXAMPLE_FILES if name not in EXAMPLE_RULES]
 V4 = rule_for_family('ipv4')
 
 
 def example(name):
-    with open(os.path.join(EXAMPLES_DIR, name + '.rules'), encoding='utf-8') as saved:
+    with open(os.path.join(EXAMPLES_DIR, EXAMPLE_FILES[name]['ipv4']), encoding='utf-8') as saved:
         return saved.read()
 
 

@@ -28,6 +28,7 @@ from datadog_checks.loopback_traffic import LoopbackTrafficCheck
 from datadog_checks.loopback_traffic.applicability import ApplicabilityChecker
 from datadog_checks.loopback_traffic.config import parse_options
 from datadog_checks.loopback_traffic.pipeline import run_rule
+from datadog_checks.loopback_traffic.requirements import COMPLIANCE_RULES, rule_for_family
 from datadog_checks.loopback_traffic.results import Status
 
 from .netns import netns, probe_loopback, require_tools  # noqa: F401
@@ -57,6 +58,7 @@ def make_check(**options):
     # Most faults here are the save tools': they are read with `collection: save` unless a test says otherwise.
     instance = {'tags': list(INSTANCE_TAGS), 'applicability': 'always', 'families': ['ipv4'], 'collection': 'save'}
     instance.update(options)
+    instance.setdefault('rules', [rule.name for rule in COMPLIANCE_RULES if rule.family in instance['families']])
     check = LoopbackTrafficCheck('loopback_traffic', {}, [instance])
     check.check_id = 'loopback_traffic:faults'
     return check
@@ -454,7 +456,7 @@ def public_dir():
 
 
 def nobody_runs(instance, runs, between=None):
-    nobody = NobodyCheck(dict({'applicability': 'always', 'families': ['ipv4'], 'tags': list(INSTANCE_TAGS)}, **instance))
+    nobody = NobodyCheck(dict({'applicability': 'always', 'families': ['ipv4'], 'rules': ['set_loopback_traffic'], 'tags': list(INSTANCE_TAGS)}, **instance))
     try:
         results = []
         for index in range(runs):
@@ -649,7 +651,7 @@ def _saved_outcome(tmp_path, text, family='ipv4'):
     path = tmp_path / 'cut.rules'
     path.write_text(text)
     options = parse_options({'applicability': 'always', 'ruleset_files': {family: str(path)}})
-    return run_rule(options, family, ApplicabilityChecker(options)).result
+    return run_rule(options, rule_for_family(family), ApplicabilityChecker(options)).result
 
 
 @pytest.mark.parametrize('name, complete', [('compliant.rules', Status.PASS), ('ufw.rules', Status.PARTIAL), ('misordered.rules', Status.FAIL)])
@@ -734,7 +736,7 @@ def test_binary_noise_never_passes(tmp_path, seed):
     path = tmp_path / 'noise'
     path.write_bytes(data)
     options = parse_options({'applicability': 'always', 'ruleset_files': {'ipv4': str(path)}})
-    result = run_rule(options, 'ipv4', ApplicabilityChecker(options)).result
+    result = run_rule(options, rule_for_family('ipv4'), ApplicabilityChecker(options)).result
     assert result.status is not Status.PASS
     if result.status is Status.UNKNOWN:
         assert 'line ' in result.error

@@ -65,6 +65,8 @@ def namespace_instance(ns, **options):
         ip6tables_legacy_save_command=prefix + ['ip6tables-legacy-save'],
     )
     instance.update(options)
+    families = instance.get('families', ['ipv4', 'ipv6'])
+    instance.setdefault('rules', [name for name, family in (('set_loopback_traffic', 'ipv4'), ('set_ipv6_loopback_traffic', 'ipv6')) if family in families])
     return instance
 
 
@@ -140,7 +142,7 @@ def test_soak_through_faults(tmp_path, aggregator):
     tool.chmod(0o755)
     state.write_text('0')
     check = make_check(
-        {'applicability': 'always', 'families': ['ipv4'], 'collection': 'save', 'iptables_save_command': [str(tool)], 'max_output_bytes': 100000},
+        {'applicability': 'always', 'families': ['ipv4'], 'rules': ['set_loopback_traffic'], 'collection': 'save', 'iptables_save_command': [str(tool)], 'max_output_bytes': 100000},
         'loopback_traffic:soak-faults',
     )
 
@@ -169,17 +171,17 @@ def test_instances_side_by_side_keep_their_own_options_and_results(netns, aggreg
     instances = {
         # name: (instance, expected status, expected requirement statuses)
         'misordered': (
-            {'applicability': 'always', 'families': ['ipv4'], 'ruleset_files': {'ipv4': str(misordered)}, 'tags': ['instance:misordered']},
+            {'applicability': 'always', 'families': ['ipv4'], 'rules': ['set_loopback_traffic'], 'ruleset_files': {'ipv4': str(misordered)}, 'tags': ['instance:misordered']},
             AgentCheck.CRITICAL,
             [2, 0, 0],
         ),
         'literal': (
-            {'applicability': 'always', 'families': ['ipv4'], 'ruleset_files': {'ipv4': str(conntrack)}, 'mode': 'literal', 'tags': ['instance:literal']},
+            {'applicability': 'always', 'families': ['ipv4'], 'rules': ['set_loopback_traffic'], 'ruleset_files': {'ipv4': str(conntrack)}, 'mode': 'literal', 'tags': ['instance:literal']},
             AgentCheck.OK,
             [0, 0, 0],
         ),
         'partial-critical': (
-            {'applicability': 'always', 'families': ['ipv4'], 'ruleset_files': {'ipv4': str(conntrack)}, 'partial': 'critical', 'tags': ['instance:partial-critical']},
+            {'applicability': 'always', 'families': ['ipv4'], 'rules': ['set_loopback_traffic'], 'ruleset_files': {'ipv4': str(conntrack)}, 'partial': 'critical', 'tags': ['instance:partial-critical']},
             AgentCheck.CRITICAL,
             [0, 0, 1],
         ),

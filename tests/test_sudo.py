@@ -22,6 +22,11 @@ import pytest
 from .netns import netns, require_netns, require_tools  # noqa: F401  (netns is a fixture)
 from .rulesets import CIS_V4, CIS_V6, filter_table
 
+
+def iptables_rules(families):
+    """The iptables rules of ``families``, the ones these tests judge."""
+    return [name for name, family in (('set_loopback_traffic', 'ipv4'), ('set_ipv6_loopback_traffic', 'ipv6')) if family in families]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, 'README.md')
 RUN_AS_USER = os.path.join(ROOT, 'tests', 'data', 'faults', 'run_as_nobody.py')
@@ -57,10 +62,11 @@ PIPELINE_AS_USER = textwrap.dedent(
     from datadog_checks.loopback_traffic.config import parse_options
     from datadog_checks.loopback_traffic.pipeline import run_rule
     from datadog_checks.loopback_traffic.report import message
+    from datadog_checks.loopback_traffic.requirements import rule_for_family
 
     uid, gid, instance = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
     warm = parse_options({'applicability': 'always', 'ruleset_files': {'ipv4': os.devnull}})
-    message(run_rule(warm, 'ipv4', ApplicabilityChecker(warm)).result)  # loads what the evaluation loads lazily
+    message(run_rule(warm, rule_for_family('ipv4'), ApplicabilityChecker(warm)).result)  # loads what the evaluation loads lazily
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
@@ -68,7 +74,7 @@ PIPELINE_AS_USER = textwrap.dedent(
     options = parse_options(instance)
     out = {'uid': os.getuid(), 'families': {}}
     for family in options.families:
-        outcome = run_rule(options, family, ApplicabilityChecker(options))
+        outcome = run_rule(options, rule_for_family(family), ApplicabilityChecker(options))
         result = outcome.result
         out['families'][family] = {
             'status': result.status.name,
@@ -128,6 +134,7 @@ def as_user(ns, user, argv):
 
 def pipeline_as_user(ns, user, **options):
     instance = dict({'use_sudo': True, 'collection': 'auto', 'applicability': 'always', 'families': list(FAMILIES), 'timeout': 60}, **options)
+    instance.setdefault('rules', iptables_rules(instance['families']))
     env = dict(os.environ, LC_ALL='C', HOME='/')
     done = subprocess.run(
         ns.argv_prefix() + [sys.executable, '-c', PIPELINE_AS_USER, str(user.pw_uid), str(user.pw_gid), json.dumps(instance)],
@@ -142,6 +149,7 @@ def pipeline_as_user(ns, user, **options):
 def agent_as_user(ns, user, **options):
     """The check through the Agent API (tests/data/faults/run_as_nobody.py, with the test user's ids)."""
     instance = dict({'use_sudo': True, 'collection': 'auto', 'applicability': 'always', 'families': list(FAMILIES)}, **options)
+    instance.setdefault('rules', iptables_rules(instance['families']))
     done = subprocess.run(
         ns.argv_prefix() + [sys.executable, RUN_AS_USER, str(user.pw_uid), str(user.pw_gid), json.dumps(instance)],
         input='run\n', capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT, env=dict(os.environ, LC_ALL='C'),

@@ -32,6 +32,10 @@ def instance_families():
     return ['ipv4', 'ipv6']
 
 
+def instance_host_root():
+    return '/'
+
+
 def instance_ip6tables_legacy_save_command():
     return ['ip6tables-legacy-save']
 
@@ -74,6 +78,15 @@ def instance_rpm_command():
 
 def instance_rpm_database_path():
     return '/var/lib/rpm'
+
+
+def instance_rules():
+    return [
+        'set_loopback_traffic',
+        'set_ipv6_loopback_traffic',
+        'set_ufw_loopback_traffic',
+        'set_nftables_loopback_traffic',
+    ]
 
 
 def instance_table_listing_interval():

@@ -20,6 +20,7 @@ from . import defaults, validators
 SECURE_FIELD_NAMES = frozenset(
     [
         'dpkg_status_file',
+        'host_root',
         'ip6tables_legacy_save_command',
         'ip6tables_save_command',
         'iptables_legacy_save_command',
@@ -64,6 +65,7 @@ class InstanceConfig(BaseModel):
     empty_default_hostname: Optional[bool] = None
     enable_legacy_tags_normalization: Optional[bool] = None
     families: Optional[tuple[Literal['ipv4', 'ipv6'], ...]] = None
+    host_root: Optional[str] = None
     ip6tables_legacy_save_command: Optional[tuple[str, ...]] = None
     ip6tables_save_command: Optional[tuple[str, ...]] = None
     iptables_legacy_save_command: Optional[tuple[str, ...]] = None
@@ -77,6 +79,17 @@ class InstanceConfig(BaseModel):
     proc_path: Optional[str] = None
     rpm_command: Optional[tuple[str, ...]] = None
     rpm_database_path: Optional[str] = None
+    rules: Optional[
+        tuple[
+            Literal[
+                'set_loopback_traffic',
+                'set_ipv6_loopback_traffic',
+                'set_ufw_loopback_traffic',
+                'set_nftables_loopback_traffic',
+            ],
+            ...,
+        ]
+    ] = None
     ruleset_files: Optional[RulesetFiles] = None
     service: Optional[str] = None
     table_listing_interval: Optional[float] = None
