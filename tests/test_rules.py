@@ -350,3 +350,16 @@ def test_the_ufw_host_example_is_judged_by_the_ufw_rule_on_both_families(capsys)
     ]
     # A saved ruleset shows what ufw loaded: this host's ufw.conf says nothing about it.
     assert 'not enabled' not in found['message']
+
+
+def test_ci_reports_of_a_two_family_rule_keep_the_families_apart(capsys):
+    from datadog_checks.loopback_traffic.cli import main
+
+    main(['--example', 'ufw-host', '--format', 'sarif'])
+    run = json.loads(capsys.readouterr().out)['runs'][0]
+    ids = [rule['id'] for rule in run['tool']['driver']['rules']]
+    assert len(ids) == len(set(ids)) == 6 and 'def-000-sbg/ipv6/input_drop_loopback_source' in ids
+    assert sorted(result['ruleId'] for result in run['results']) == ['def-000-sbg/ipv4/input_drop_loopback_source', 'def-000-sbg/ipv6/input_drop_loopback_source']
+    main(['--example', 'ufw-host', '--format', 'junit'])
+    junit = capsys.readouterr().out
+    assert 'name="set_ufw_loopback_traffic (ipv4, def-000-sbg)"' in junit and 'name="set_ufw_loopback_traffic (ipv6, def-000-sbg)"' in junit
