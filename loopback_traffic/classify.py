@@ -304,7 +304,13 @@ def _match_relation(match: Match, packets: PacketClass) -> Relation:
 
 def classify(rule: Rule, packets: PacketClass) -> Relation:
     """NONE if the rule can match no packet of the class, ALL if it matches every one, else SOME."""
-    return _conjunction(_match_relation(match, packets) for match in rule.matches)
+    return classify_matches(rule.matches, packets)
+
+
+def classify_matches(matches: Iterable[Match], packets: PacketClass) -> Relation:
+    """The relation of conditions that must all hold: of a rule's matches, or of some of them (NONE
+    for some of them is NONE for the rule)."""
+    return _conjunction(_match_relation(match, packets) for match in matches)
 
 
 # --- coverage: the part of the class that rules decided, along the source address -------------------

@@ -14,10 +14,10 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, Hashable, Iterable, List, Optional, Tuple
 
 from .config import LEGACY, NFT, Options
-from .netlink import NetlinkError, NetlinkReader, RulesetKeptChanging, read_consistent
+from .netlink import KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, read_consistent
 from .nf_tables import ChainKey, ChainRules, KernelRule, KernelRuleset, KernelSet
 from .namespaces import in_network_namespace
 from .runner import CollectionError, command_line
@@ -67,7 +67,22 @@ class KernelCache:
 
     def __init__(self) -> None:
         self.ruleset: Optional[KernelRuleset] = None
-        self.walked: Dict[str, object] = {}  # family -> what its walk returned on ``ruleset``
+        self.walked: Dict[Tuple[str, Hashable], object] = {}  # (family, walk key) -> what that walk returned on ``ruleset``
+        # The chains read last, by what the kernel sent for them: an unchanged chain is not parsed
+        # again, and its rules are the same objects (what was decoded of them is found again).
+        self.chains: Dict[ChainKey, KnownRules] = {}
+        self._reading: Dict[ChainKey, KnownRules] = {}
+        self.chain_messages: Dict[Tuple[int, bytes], ChainKey] = {}  # for reader.chain_index
+
+    def chain_rules(self, reader: NetlinkReader, key: ChainKey) -> Tuple[KernelRule, ...]:
+        known = self._reading.get(key) or self.chains.get(key)
+        found = reader.chain_rules(*key, known=known)
+        self._reading[key] = found
+        return found.rules
+
+    def read_done(self) -> None:
+        """What the last successful read read is what the next one compares with."""
+        self.chains, self._reading = self._reading, {}
 
 
 def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[KernelRuleset, Dict[ChainKey, Tuple[KernelRule, ...]]]:
@@ -78,9 +93,9 @@ def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[
         return last, {key: last.rules[key] for key in last.rules}
     tables = tuple(table for table in reader.tables() if table.family in _PACKET_FAMILIES and not table.dormant)
     names = {(table.family, table.name) for table in tables}
-    base_chains, every_chain = reader.chain_index()
+    base_chains, every_chain = reader.chain_index(cache.chain_messages)
     chains = tuple(chain for chain in base_chains if (chain.family, chain.table) in names)
-    read = {(c.family, c.table, c.name): tuple(reader.rules(c.family, c.table, c.name)) for c in chains if c.hook != 'forward'}
+    read = {(c.family, c.table, c.name): cache.chain_rules(reader, (c.family, c.table, c.name)) for c in chains if c.hook != 'forward'}
     sets: Dict[Tuple[str, str, str], KernelSet] = {}
     for family, table in sorted({(key[0], key[1]) for key in read}):
         sets.update(_read_sets(reader, family, table))
@@ -94,11 +109,11 @@ def _read_sets(reader: NetlinkReader, family: str, table: str) -> Iterable[Tuple
         yield (family, table, found.name), replace(found, elements=elements)
 
 
-def _chain_rules(reader: NetlinkReader, key: ChainKey) -> List[KernelRule]:
+def _chain_rules(reader: NetlinkReader, cache: KernelCache, key: ChainKey) -> Tuple[KernelRule, ...]:
     """One chain's rules, read when a walk enters it: `timeout` bounds each such read, not the walk
     (which on a large node takes longer than the kernel's part of it)."""
     reader.renew_deadline()
-    return reader.rules(*key)
+    return cache.chain_rules(reader, key)
 
 
 def _read_walking(reader: NetlinkReader, cache: KernelCache, walk: Walk) -> Tuple[KernelRuleset, object]:
@@ -106,7 +121,7 @@ def _read_walking(reader: NetlinkReader, cache: KernelCache, walk: Walk) -> Tupl
     generation id is the same before and after (``read_consistent`` checks it)."""
     generation = reader.generation()
     start, read = _start(reader, cache, generation)
-    rules = ChainRules(read, lambda key: _chain_rules(reader, key), start.chain_names)
+    rules = ChainRules(read, lambda key: _chain_rules(reader, cache, key), start.chain_names)
     ruleset = replace(start, rules=rules)
     try:
         value = walk(ruleset)
@@ -127,25 +142,29 @@ def _netlink_failure(error: NetlinkError) -> CollectionError:
     return CollectionError('reading nf_tables over netlink failed: {}'.format(error))
 
 
-def read_kernel(options: Options, cache: KernelCache, family: str, walk: Optional[Walk] = None) -> Tuple[KernelRuleset, object]:
+def read_kernel(
+    options: Options, cache: KernelCache, family: str, walk: Optional[Walk] = None, walk_key: Hashable = None
+) -> Tuple[KernelRuleset, object]:
     """The kernel's nf_tables ruleset as far as the walk of ``family`` enters it (every chain
     without ``walk``), read in one generation, and what the walk returned; while the generation is
     unchanged, the last read."""
     walk = walk if walk is not None else _every_chain
+    key = (family, walk_key)  # several compliance rules walk one family: each walk's result is its own
     try:
         reader = NetlinkReader(options.timeout, options.max_output_bytes)
         in_network_namespace(options.network_namespace, reader.open)
         with reader:
             last = cache.ruleset
-            if last is not None and family in cache.walked and reader.generation() == last.generation:
-                return last, cache.walked[family]
+            if last is not None and key in cache.walked and reader.generation() == last.generation:
+                return last, cache.walked[key]
             generation, (ruleset, value) = read_consistent(reader, lambda current: _read_walking(current, cache, walk), attempts=_READ_ATTEMPTS)
     except NetlinkError as error:
         raise _netlink_failure(error)
     if last is None or last.generation != generation:
         cache.walked = {}
+        cache.read_done()
     cache.ruleset = replace(ruleset, generation=generation)
-    cache.walked[family] = value
+    cache.walked[key] = value
     return cache.ruleset, value
 
 
@@ -194,9 +213,15 @@ def _from_saves(options: Options, family: str) -> List[Collected]:
 
 
 def collect(
-    options: Options, family: str, given: Optional[Collected] = None, cache: Optional[KernelCache] = None, walk: Optional[Walk] = None
+    options: Options,
+    family: str,
+    given: Optional[Collected] = None,
+    cache: Optional[KernelCache] = None,
+    walk: Optional[Walk] = None,
+    walk_key: Hashable = None,
 ) -> List[Collected]:
-    """The rulesets of one family that the kernel runs side by side (of nf_tables, what ``walk`` enters)."""
+    """The rulesets of one family that the kernel runs side by side (of nf_tables, what ``walk`` enters;
+    ``walk_key`` names what the walk computes, so that its result is reused for the same walk only)."""
     if given is not None:
         return [given]
     path = options.ruleset_files.get(family)
@@ -204,7 +229,7 @@ def collect(
         return [collected_text(read_file(path, options.max_output_bytes), path)]
     if not uses_netlink(options, family):
         return _from_saves(options, family)
-    kernel, walked = read_kernel(options, cache if cache is not None else KernelCache(), family, walk)
+    kernel, walked = read_kernel(options, cache if cache is not None else KernelCache(), family, walk, walk_key)
     return [Collected(KERNEL, 'nf_tables (netlink)', kernel=kernel, walked=walked)] + _legacy(options, family)
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Generator, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .classify import ALL, NONE, SOME, Relation, after, apply, classify, cover
-from .model import INCOMPATIBLE_TABLE, JUMP, STATEMENT, Chain, Rule, Ruleset, RulesUnavailable, Table
+from .classify import ALL, NONE, SOME, Relation, after, apply, classify, classify_matches, cover
+from .model import INCOMPATIBLE_TABLE, JUMP, STATEMENT, Chain, Match, Rule, Ruleset, RulesUnavailable, Table
 from .parser import ParseError
 from .requirements import (
     ACCEPT,
@@ -101,6 +101,33 @@ def _could_take_the_whole_class(rule: Rule, packets: PacketClass) -> bool:
     the class at most, whatever that part does, and is judged as such."""
     known = [match for match in rule.matches if match.module != UNDECODED_CONDITIONS]
     return classify(Rule(rule.chain, tuple(known), rule.target), packets) is ALL
+
+
+def _rules_to_walk(chain: Chain) -> Sequence[Rule]:
+    """A chain's rules. A front-end may give them decoded on first use (``walk_rules``), with some
+    of each rule's conditions known before (``known_conditions``): a rule those say matches none of
+    the class is never decoded."""
+    rules: Optional[Sequence[Rule]] = getattr(chain, 'walk_rules', None)
+    return rules if rules is not None else chain.rules
+
+
+def _known_conditions(chain: Chain) -> Optional[Callable[[int], Optional[Tuple[Match, ...]]]]:
+    return getattr(chain, 'known_conditions', None)
+
+
+def _relation_memo(rules: Sequence[Rule]) -> Optional[Dict[PacketClass, List[Optional[Relation]]]]:
+    """Where a front-end keeps its rules between evaluations while they are unchanged (``walk_memo``),
+    each rule's relation to each class it was classified for is kept there too."""
+    memo: Optional[Dict[Any, Any]] = getattr(rules, 'walk_memo', None)
+    return memo.setdefault('relations', {}) if memo is not None else None
+
+
+def _relation(rules: Sequence[Rule], index: int, known: Optional[Callable[[int], Optional[Tuple[Match, ...]]]], packets: PacketClass) -> Relation:
+    if known is not None:
+        conditions = known(index)
+        if conditions is not None and classify_matches(conditions, packets) is NONE:
+            return NONE
+    return classify(rules[index], packets)
 
 
 def _handle_words(rule: Rule) -> str:
@@ -195,6 +222,8 @@ class _View:
 
 # A chain's scan asks for the view of a chain it calls, entered with a class, and gets it back.
 _Scan = Generator[Tuple[Chain, PacketClass], _View, _View]
+# One such call: the chain called, the class before it was entered, the class entered, the view.
+_Call = Tuple[str, PacketClass, PacketClass, _View]
 
 
 class _ChainWalker:
@@ -265,7 +294,43 @@ class _ChainWalker:
         first = self._first_entry.setdefault(callee.name, packets)
         return packets if first == packets else stateless
 
+    def _memo(self, chain: Chain, kind: str) -> Optional[Dict[Any, Any]]:
+        """Where the front-end keeps the chain's rules between evaluations while they are unchanged
+        (``walk_memo``): what walks of it found, to be reused where what it depends on is the same.
+        Not while chains not read are collected (their absence is not in what is kept)."""
+        memo: Optional[Dict[Any, Any]] = getattr(_rules_to_walk(chain), 'walk_memo', None)
+        if memo is None or self.missing is not None:
+            return None
+        found: Dict[Any, Any] = memo.setdefault(kind, {})
+        return found
+
     def _scan(self, chain: Chain, entry: PacketClass) -> _Scan:
+        """The chain's view for the class: the one an earlier walk of the same rules found, where
+        every chain it called was entered with the same class and gave the same view; else scanned."""
+        memo = self._memo(chain, 'views')
+        key = (entry, chain.policy)
+        if memo is not None and key in memo:
+            kept, kept_calls = memo[key]
+            if (yield from self._replay(kept_calls)):
+                return kept  # type: ignore[no-any-return]
+        calls: List[_Call] = []
+        view = yield from self._scan_rules(chain, entry, calls)
+        if memo is not None:
+            memo[key] = (view, tuple(calls))
+        return view
+
+    def _replay(self, calls: Sequence['_Call']) -> Generator[Tuple[Chain, PacketClass], _View, bool]:
+        """The calls a kept view rests on, made again (the views they give are needed anyway): True
+        when each gives the very view it gave then."""
+        for name, before, entering, seen in calls:
+            callee = self.table.chain(name)
+            if callee is None or callee.is_builtin or self._entry(callee, before) != entering:
+                return False
+            if (yield callee, entering) is not seen:
+                return False
+        return True
+
+    def _scan_rules(self, chain: Chain, entry: PacketClass, calls: List['_Call']) -> _Scan:
         """Walk the chain forwards for the class: what the packets reaching each rule are known to
         be (what earlier rules set for all of them; the part of the source network earlier rules did
         not take), so each rule's relation is to them."""
@@ -277,8 +342,24 @@ class _ChainWalker:
         remaining: Optional[Tuple[IPNetwork, ...]] = (entry.source,)
         policy_accepts = chain.policy == 'ACCEPT'
         ended = False
-        for rule in chain.rules:
-            relation = classify(rule, current)
+        rules = _rules_to_walk(chain)
+        known = _known_conditions(chain)
+        memo = _relation_memo(rules)
+        memo_class: Optional[PacketClass] = None
+        memo_relations: List[Optional[Relation]] = []
+        for index in range(len(rules)):
+            if memo is not None and current is not memo_class:
+                memo_class, memo_relations = current, memo.setdefault(current, [None] * len(rules))
+            relation = memo_relations[index] if memo is not None else None
+            if relation is None:
+                relation = _relation(rules, index, known, current)
+                if memo is not None:
+                    memo_relations[index] = relation
+            if relation is NONE:
+                relations.append(NONE)
+                entered.append(None)
+                continue
+            rule = rules[index]
             left: Optional[Tuple[IPNetwork, ...]] = None
             if relation is SOME and remaining is not None:
                 covered = cover(rule, current, remaining)
@@ -291,6 +372,7 @@ class _ChainWalker:
             if callee is not None and target is not None:
                 entering = self._entry(callee, current)
                 view = yield callee, entering
+                calls.append((callee.name, current, entering, view))
                 entered.append(entering)
                 accepted = _meet(accepted, view.accepted)
                 if target.goto:
@@ -331,8 +413,41 @@ class _ChainWalker:
         """Summarise ``root`` for the class and, first, every chain it sends the class to (iterative DFS)."""
         key = (root.name, entry)
         if key not in self.summaries:
-            self._visit(root, entry)
+            fresh = not self.views and not self._first_entry
+            if not (fresh and self._reuse(root, entry)):
+                self._visit(root, entry)
+                if fresh:
+                    self._keep(root, entry)
         return self.summaries[key], self.views[key]
+
+    def _root_key(self, root: Chain, entry: PacketClass) -> Tuple[Any, ...]:
+        return (entry, root.policy, self.required, self.label, self.table_name)
+
+    def _reuse(self, root: Chain, entry: PacketClass) -> bool:
+        """A walk from a base chain, as an earlier walker found it, where every chain it entered has
+        the very rules it had then (the front-end's ``content`` of each is the same object): what
+        the walk found is a function of those rules, the class, the requirement and the ruleset."""
+        memo = self._memo(root, 'roots')
+        content = getattr(self.table.chains, 'content', None)
+        kept = memo.get(self._root_key(root, entry)) if memo is not None and content is not None else None
+        if kept is None or content is None:
+            return False
+        depends, views, summaries, first_entry = kept
+        if any(content(name) is not rules for name, rules in depends):
+            return False
+        self.views.update(views)
+        self.summaries.update(summaries)
+        self._first_entry.update(first_entry)
+        return True
+
+    def _keep(self, root: Chain, entry: PacketClass) -> None:
+        memo = self._memo(root, 'roots')
+        content = getattr(self.table.chains, 'content', None)
+        if memo is None or content is None:
+            return
+        depends = tuple((name, content(name)) for name in {name for name, _ in self.views})
+        if all(rules is not None for _, rules in depends):
+            memo[self._root_key(root, entry)] = (depends, dict(self.views), dict(self.summaries), dict(self._first_entry))
 
     def _visit(self, root: Chain, entry: PacketClass) -> None:
         on_stack: Set[str] = {root.name}
@@ -347,7 +462,7 @@ class _ChainWalker:
                 stack.pop()
                 on_stack.discard(chain.name)
                 self.views[(chain.name, packets)] = view
-                self.summaries[(chain.name, packets)] = self._summarise(chain, view)
+                self.summaries[(chain.name, packets)] = self._summary_of(chain, packets, view)
                 reply = view
                 continue
             known = self.views.get((callee.name, entering))
@@ -360,6 +475,26 @@ class _ChainWalker:
             stack.append((callee, entering, self._scan(callee, entering)))
             reply = None
 
+    def _summary_of(self, chain: Chain, packets: PacketClass, view: _View) -> _Summary:
+        """The chain's summary: the one kept for the same view, requirement and ruleset where the
+        chains it calls have the very summaries they had then; else summarised."""
+        memo = self._memo(chain, 'summaries')
+        if memo is None:
+            return self._summarise(chain, view)
+        rules = _rules_to_walk(chain)
+        called = tuple(
+            self.summaries[(str(getattr(rules[index].target, 'name', '')), entered)]
+            for index, entered in enumerate(view.entered)
+            if entered is not None
+        )
+        key = (packets, chain.policy, self.required, self.label, self.table_name)
+        kept = memo.get(key)
+        if kept is not None and kept[0] is view and len(kept[1]) == len(called) and all(a is b for a, b in zip(kept[1], called)):
+            return kept[2]  # type: ignore[no-any-return]
+        summary = self._summarise(chain, view)
+        memo[key] = (view, called, summary)
+        return summary
+
     def _end(self, chain: Chain) -> _Summary:
         if chain.is_builtin:
             return _Summary(_POLICY_VERDICTS[str(chain.policy)], self.policy_position(chain), False, None)
@@ -367,10 +502,13 @@ class _ChainWalker:
 
     def _summarise(self, chain: Chain, view: _View) -> _Summary:
         after = self._end(chain)
-        rules = chain.rules
+        rules = _rules_to_walk(chain)
         for index in range(len(view.relations) - 1, -1, -1):
-            rule, relation = rules[index], view.relations[index]
-            if relation is NONE or rule.target is None:
+            relation = view.relations[index]
+            if relation is NONE:
+                continue
+            rule = rules[index]
+            if rule.target is None:
                 continue
             after = self._step(chain, index, rule, relation, after, view.entered[index])
         return after
@@ -553,8 +691,10 @@ class _Walk:
         for path in paths:
             self.walked[(id(path.source), id(path.table), path.chain.name)] = len(path.chain)
         for (source, _), walker in walkers.items():
+            content = getattr(walker.table.chains, 'content', None)
             for name, _packets in walker.summaries:
-                self.walked[(source, id(walker.table), name)] = len(walker.table.chains[name])
+                rules = content(name) if content is not None else None
+                self.walked[(source, id(walker.table), name)] = len(rules) if rules is not None else len(walker.table.chains[name])
 
 
 def _walk_chain(path: _PathChain, packets: PacketClass, required: str, walkers: "_Walkers", walk: _Walk) -> Tuple[_HookResult, Optional[PacketClass]]:

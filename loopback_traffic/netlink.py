@@ -16,6 +16,7 @@ parser reads only the top-level attributes and keeps the expressions as one byte
 from __future__ import annotations
 
 import errno as errno_codes
+import hashlib
 import os
 import socket
 import struct
@@ -64,6 +65,7 @@ __all__ = [
     'family_name',
     'family_number',
     'NetlinkReader',
+    'KnownRules',
     'read_consistent',
     'read_ruleset',
 ]
@@ -167,6 +169,7 @@ _INT = struct.Struct('=i')
 _BE32 = struct.Struct('>I')
 _BE64 = struct.Struct('>Q')
 
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # the flag enum's operators cost more than the datagram's parsing
 _FAMILY_NUMBERS: Mapping[str, int] = {name: number for number, name in FAMILY_NAMES.items()}
 
 
@@ -535,6 +538,13 @@ def _kernel_error(code: int, text: str, what: str) -> NetlinkError:
 Handler = Callable[[int, bytes, int, int], None]
 
 
+class KnownRules(NamedTuple):
+    """A chain's rules as read, and the digest of the messages they were read from."""
+
+    digest: bytes
+    rules: Tuple[KernelRule, ...]
+
+
 class NetlinkReader:
     """One NETLINK_NETFILTER socket and the nf_tables requests made through it.
 
@@ -621,24 +631,39 @@ class NetlinkReader:
         self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, family=_family(family), what='listing the chains')
         return found
 
-    def chain_index(self) -> Tuple[List[KernelChain], Set[Tuple[str, str, str]]]:
+    def chain_index(self, known: Optional[Dict[Tuple[int, bytes], Tuple[str, str, str]]] = None) -> Tuple[List[KernelChain], Set[Tuple[str, str, str]]]:
         """Every chain's (family, table, name), and the base chains in full: on a Kubernetes node the
-        tens of thousands of service chains cost a name each."""
+        tens of thousands of service chains cost a name each. ``known`` maps a digest of each
+        regular chain's message to its name: a message read before is not parsed again (``known``
+        is left with this read's)."""
         base: List[KernelChain] = []
         names: Set[Tuple[str, str, str]] = set()
         strings = _Names()
         families: Dict[int, str] = {}
+        earlier = known if known is not None else {}
+        regular: Dict[Tuple[int, bytes], Tuple[str, str, str]] = {}
+        blake2b = hashlib.blake2b
 
         def handle(number: int, data: bytes, start: int, end: int) -> None:
-            family = families.get(number)
-            if family is None:
-                family = families[number] = family_name(number)
-            table, name, is_base = _chain_identity(data, start, end, strings)
-            names.add((family, table, name))
-            if is_base:
-                base.append(parse_chain(number, data[start:end]))
+            key = (number, blake2b(memoryview(data)[start:end], digest_size=16).digest())  # not res_id: the generation
+            found = earlier.get(key)
+            if found is None:
+                family = families.get(number)
+                if family is None:
+                    family = families[number] = family_name(number)
+                table, name, is_base = _chain_identity(data, start, end, strings)
+                found = (family, table, name)
+                if is_base:
+                    base.append(parse_chain(number, data[start:end]))
+                    names.add(found)
+                    return
+            regular[key] = found
+            names.add(found)
 
         self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, what='listing the chains')
+        if known is not None:
+            known.clear()
+            known.update(regular)
         return base, names
 
     def rules(self, family: str, table: str, chain: Optional[str] = None) -> List[KernelRule]:
@@ -648,6 +673,36 @@ class NetlinkReader:
         if chain is not None:
             attrs += _attr_string(NFTA_RULE_CHAIN, chain)
         return self._rules(family_number(family), attrs, 'listing the rules of {} {}'.format(family, table))
+
+    def chain_rules(self, family: str, table: str, chain: str, known: Optional[KnownRules] = None) -> KnownRules:
+        """The rules of one chain with a digest of what the kernel sent for them; ``known`` (an
+        earlier read's) when the digest is the same: the same bytes are the same rules, handles
+        included, so an unchanged chain costs its dump and no parsing."""
+        number = family_number(family)
+        attrs = _attr_string(NFTA_RULE_TABLE, table) + _attr_string(NFTA_RULE_CHAIN, chain)
+        messages: List[Tuple[int, bytes, int, int]] = []
+        digest = hashlib.blake2b(digest_size=16)
+        update, append = digest.update, messages.append
+
+        def handle(got: int, data: bytes, start: int, end: int) -> None:
+            if got != number:
+                update(bytes((0xFF, got)))  # a family other than the one asked for (not res_id: the generation)
+            update(memoryview(data)[start:end])
+            append((got, data, start, end))
+
+        self.request(NFT_MSG_GETRULE, NFT_MSG_NEWRULE, handle, family=number, attrs=attrs, what='listing the rules of {} {}'.format(family, table))
+        found = digest.digest()
+        if known is not None and known.digest == found:
+            return known
+        names = _Names()
+        families: Dict[int, str] = {}
+        rules = []
+        for number, data, start, end in messages:
+            name = families.get(number)
+            if name is None:
+                name = families[number] = family_name(number)
+            rules.append(_rule_from(name, data, start, end, names))
+        return KnownRules(found, tuple(rules))
 
     def all_rules(self, family: Optional[str] = None) -> List[KernelRule]:
         return self._rules(_family(family), b'', 'listing the rules')
@@ -792,7 +847,7 @@ class NetlinkReader:
             if exc.errno == errno_codes.ENOBUFS:
                 raise NetlinkError('the netlink receive buffer overflowed while reading the ruleset', exc.errno) from exc
             raise _os_error(exc, 'receiving netlink replies') from exc
-        if msg_flags & socket.MSG_TRUNC:
+        if msg_flags & _MSG_TRUNC:
             raise NetlinkError('a netlink reply was larger than {} bytes'.format(_RECV_SIZE))
         return data
 

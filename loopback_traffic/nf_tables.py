@@ -91,15 +91,22 @@ def attributes(data: bytes) -> Dict[int, bytes]:
 
 # Rules repeat the same expressions (the same register load, the same port comparison...): their
 # bytes parse to the same attributes, kept here. The dictionaries are shared: never change one.
-@functools.lru_cache(maxsize=1 << 16)
+# The caches are small: what repeats is a few hundred expressions, and what does not (an address,
+# a comment) would only be held between runs.
+@functools.lru_cache(maxsize=1 << 12)
 def shared_attributes(data: bytes) -> Dict[int, bytes]:
     return attributes(data)
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def _expression(element: bytes) -> 'Expression':
     attrs = attributes(element)
     return Expression(string(attrs.get(1, b'')), attrs.get(2, b''))  # NFTA_EXPR_NAME, NFTA_EXPR_DATA
+
+
+def expressions_of(raw: bytes) -> Tuple['Expression', ...]:
+    """The expressions of an NFTA_RULE_EXPRESSIONS payload. Raises :class:`MalformedAttributes`."""
+    return tuple(_expression(element) for kind, element in attribute_list(raw) if kind == 1)  # NFTA_LIST_ELEM
 
 
 def be32(data: bytes) -> int:
@@ -177,7 +184,7 @@ class KernelRule:
     @cached_property
     def expressions(self) -> Tuple[Expression, ...]:
         """Decoded on first use. Raises :class:`MalformedAttributes`."""
-        return tuple(_expression(element) for kind, element in attribute_list(self.raw_expressions) if kind == 1)  # NFTA_LIST_ELEM
+        return expressions_of(self.raw_expressions)
 
     @cached_property
     def comment(self) -> Optional[str]:
@@ -249,7 +256,8 @@ class ChainRules(Mapping[ChainKey, Tuple[KernelRule, ...]]):
         if found is None:
             if self._fetch is None or key not in self._known:
                 raise KeyError(key)
-            found = self._read[key] = tuple(self._fetch(key))
+            fetched = self._fetch(key)
+            found = self._read[key] = fetched if isinstance(fetched, tuple) else tuple(fetched)
         return found
 
     def __iter__(self) -> Iterator[ChainKey]:
@@ -278,6 +286,10 @@ class LazyRules(Sequence[KernelRule]):
         self._owner = owner
         self._key = key
         self._rules: Optional[Tuple[KernelRule, ...]] = None
+
+    def rules(self) -> Tuple[KernelRule, ...]:
+        """The chain's rules, as its :class:`ChainRules` holds them."""
+        return self._get()
 
     def _get(self) -> Tuple[KernelRule, ...]:
         if self._rules is None:

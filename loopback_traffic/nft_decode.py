@@ -14,12 +14,14 @@ described in :attr:`.model.Rule.undecoded`.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 import sys
 from dataclasses import dataclass, replace
+from functools import cached_property
 from types import MappingProxyType
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, overload
 
 from . import model
 from .model import JUMP, STATEMENT, BaseChain, Chain, Match, Option, Rule, Table, Target
@@ -45,6 +47,7 @@ from .nf_tables import (
     SetElement,
     attributes,
     be32,
+    expressions_of,
     shared_attributes,
     be32_signed,
     string,
@@ -78,18 +81,43 @@ class DecodeCache:
     """The rules one check instance decoded, by what the kernel sent for them: a rule that is the
     same bytes in the same chain decodes the same (its handle aside), so that a ruleset rewritten
     around it (a kube-proxy sync re-adds whole chains) costs a look-up per unchanged rule. Rules
-    that look up a set are not kept (the set's contents may change). What a generation did not use
-    is forgotten at the next one."""
+    that look up a set are not kept (the set's contents may change). The same for the conditions
+    known before a rule is decoded (:func:`leading_conditions`). What a generation did not use is
+    forgotten at the next one."""
 
     def __init__(self) -> None:
         self._current: Dict[Tuple[object, ...], DecodedRule] = {}
         self._previous: Dict[Tuple[object, ...], DecodedRule] = {}
+        self._leading: Dict[Tuple[int, bytes], Optional[Tuple[Match, ...]]] = {}
+        self._leading_before: Dict[Tuple[int, bytes], Optional[Tuple[Match, ...]]] = {}
+        self._chains: Dict[Tuple[str, str, str, bool, bool], '_DecodedRules'] = {}
+        self._chains_before: Dict[Tuple[str, str, str, bool, bool], '_DecodedRules'] = {}
+        self._vouched: Dict[int, Tuple[Sequence[KernelRule], bool]] = {}  # by the rules' identity (kept alive here)
         self.generation: Optional[int] = None
 
     def start(self, generation: int) -> None:
         if generation != self.generation:
             self.generation = generation
+            self._vouched = {}
             self._previous, self._current = self._current, {}
+            self._leading_before, self._leading = self._leading, {}
+            self._chains_before, self._chains = self._chains, {}
+
+    def vouched(self, raw: Sequence[KernelRule]) -> bool:
+        """Whether rules that are the same bytes mean the same: none of them looks up a set."""
+        known = self._vouched.get(id(raw))
+        if known is None or known[0] is not raw:
+            known = self._vouched[id(raw)] = (raw, not any(_SET_LOOKUP in rule.raw_expressions for rule in raw))
+        return known[1]
+
+    def chain(self, key: Tuple[str, str, str, bool, bool], raw: Tuple[KernelRule, ...], decoding: '_Decoding') -> '_DecodedRules':
+        """A chain's rules as decoded for the last generation where they are the same rule objects
+        (the reader gives the same objects for the same bytes), with what walks kept of them."""
+        found = self._chains.get(key) or self._chains_before.get(key)
+        if found is None or found.raw is not raw or not found.reusable:
+            found = _DecodedRules(raw, decoding)
+        self._chains[key] = found
+        return found
 
     def decode(self, rule: KernelRule, sets: Mapping[str, KernelSet], family: str, iptables: bool) -> DecodedRule:
         if _SET_LOOKUP in rule.raw_expressions:
@@ -103,6 +131,14 @@ class DecodeCache:
             self._current[key] = found
         return _with_handle(found, rule.handle)
 
+    def leading(self, rule: KernelRule, version: int) -> Optional[Tuple[Match, ...]]:
+        key = (version, rule.raw_expressions)
+        if key in self._leading:
+            return self._leading[key]
+        found = self._leading_before.get(key) if key in self._leading_before else leading_conditions(rule.raw_expressions, version)
+        self._leading[key] = found
+        return found
+
 
 # How a lookup expression's name appears in NFTA_RULE_EXPRESSIONS.
 _SET_LOOKUP = b'lookup\x00'
@@ -114,24 +150,26 @@ def _with_handle(decoded: DecodedRule, handle: int) -> DecodedRule:
     return replace(decoded, handle=handle) if decoded.handle != handle else decoded
 
 
-def decode_tables(kernel: KernelRuleset, family: str, cache: Optional[DecodeCache] = None) -> Tuple[Table, ...]:
+def decode_tables(kernel: KernelRuleset, family: str, cache: Optional[DecodeCache] = None, shortcuts: bool = True) -> Tuple[Table, ...]:
     """The model tables of one nf_tables family, in the order the kernel listed them. A chain whose
-    rules were not read is left out (a jump to it is then known to lead to a chain not read)."""
+    rules were not read is left out (a jump to it is then known to lead to a chain not read).
+    Without ``shortcuts`` no condition is known before a rule is decoded (the walk decodes every
+    rule it reaches: what the shortcuts must agree with)."""
     if cache is not None:
         cache.start(kernel.generation)
-    return tuple(_decode_table(kernel, table.name, family, table.dormant, cache) for table in kernel.tables if table.family == family)
+    return tuple(_decode_table(kernel, table.name, family, table.dormant, cache, shortcuts) for table in kernel.tables if table.family == family)
 
 
 class _Chains(Mapping[str, Chain]):
     """A table's chains: its base chains, and every other chain made when it is first looked up (a
     Kubernetes node's nat table has tens of thousands of chains; a walk enters few of them)."""
 
-    def __init__(self, kernel: KernelRuleset, family: str, table: str, base: Dict[str, Chain], parse_rule: Callable[[KernelRule], DecodedRule]) -> None:
+    def __init__(self, kernel: KernelRuleset, family: str, table: str, base: Dict[str, Chain], decoding: '_Decoding') -> None:
         self._kernel = kernel
         self._family = family
         self._table = table
         self._base = base
-        self._parse_rule = parse_rule
+        self._decoding = decoding
         self._made: Dict[str, Optional[Chain]] = {}
 
     def __getitem__(self, name: str) -> Chain:
@@ -150,7 +188,7 @@ class _Chains(Mapping[str, Chain]):
         if not self._kernel.has_chain(key):
             return None
         rules = _rules_of(self._kernel, key)
-        return Chain(name, None, rules, self._parse_rule) if rules is not None else None
+        return DecodedChain(name, None, rules, self._decoding) if rules is not None else None
 
     def __iter__(self) -> Iterator[str]:
         names = self._kernel.chain_names or frozenset((c.family, c.table, c.name) for c in self._kernel.chains)
@@ -165,17 +203,129 @@ class _Chains(Mapping[str, Chain]):
     def base_chains(self) -> Tuple[Chain, ...]:
         return tuple(self._base.values())
 
+    def content(self, name: str) -> Optional[Sequence[KernelRule]]:
+        """A chain's rules as read (the same object while the kernel sends the same bytes for them),
+        without making the chain; None where they cannot be had, or where the same bytes may not
+        mean the same (a rule that looks up a set, whose contents may have changed)."""
+        key = (self._family, self._table, name)
+        rules = self._kernel.rules
+        if isinstance(rules, ChainRules) and not rules.can_give(key):
+            return None
+        try:
+            found = rules[key]
+        except KeyError:
+            return None
+        cache = self._decoding.cache
+        vouched = cache.vouched(found) if cache is not None else not any(_SET_LOOKUP in rule.raw_expressions for rule in found)
+        return found if vouched else None
 
-def _decode_table(kernel: KernelRuleset, name: str, family: str, dormant: bool, cache: Optional[DecodeCache]) -> Table:
+
+class _Decoding:
+    """How the rules of one table are decoded, and what is known of them before."""
+
+    def __init__(self, sets: Mapping[str, KernelSet], family: str, table: str, iptables: bool, cache: Optional[DecodeCache]) -> None:
+        self.sets = sets
+        self.family = family
+        self.table = table
+        self.iptables = iptables
+        self.cache = cache
+        self.shortcuts = True
+        self.version = _TABLE_VERSIONS.get(family)  # where leading conditions are read (None: nowhere)
+
+    def decode(self, raw: KernelRule) -> DecodedRule:
+        if self.cache is not None:
+            return self.cache.decode(raw, self.sets, self.family, self.iptables)
+        return decode_rule(raw, self.sets, self.family, iptables=self.iptables)
+
+    def leading(self, raw: KernelRule) -> Optional[Tuple[Match, ...]]:
+        if self.version is None:
+            return None  # inet, netdev: the decoder infers the address family from the offsets
+        if self.cache is not None:
+            return self.cache.leading(raw, self.version)
+        return leading_conditions(raw.raw_expressions, self.version)
+
+
+class DecodedChain(Chain):
+    """A chain of kernel rules, each decoded when first used (``walk_rules``); ``rules`` decodes
+    them all. A walk that knows from :meth:`known_conditions` that a rule matches none of its class
+    need not decode it (most of a Kubernetes node's service rules, for a loopback class)."""
+
+    def __init__(self, name: str, policy: Optional[str], raw_rules: Sequence[KernelRule], decoding: _Decoding, base: Optional[BaseChain] = None) -> None:
+        super().__init__(name, policy, raw_rules, decoding.decode, base=base)
+        self.__dict__['_decoding'] = decoding
+
+    @cached_property
+    def walk_rules(self) -> '_DecodedRules':
+        decoding: _Decoding = self.__dict__['_decoding']
+        raw = self.raw_rules
+        rules = raw.rules() if isinstance(raw, LazyRules) else raw if isinstance(raw, tuple) else tuple(raw)
+        if decoding.cache is None:
+            return _DecodedRules(rules, decoding)
+        return decoding.cache.chain((decoding.family, decoding.table, self.name, decoding.iptables, decoding.shortcuts), rules, decoding)
+
+    @cached_property
+    def rules(self) -> Tuple[Rule, ...]:
+        return tuple(self.walk_rules)
+
+    def known_conditions(self, index: int) -> Optional[Tuple[Match, ...]]:
+        """Some conditions of rule ``index`` of ``walk_rules``, known without decoding it (None: none)."""
+        return self.walk_rules.known_conditions(index)
+
+
+class _DecodedRules(Sequence[Rule]):
+    """A chain's rules, each decoded on first use. A rule that looks up a set is decoded at once:
+    a verdict map stands for one rule per element."""
+
+    def __init__(self, raw_rules: Tuple[KernelRule, ...], decoding: _Decoding) -> None:
+        self.raw = raw_rules
+        self._decoding = decoding
+        self._items: List[Union[KernelRule, Rule]] = []
+        self.reusable = True  # False where a rule looks up a set, whose contents may change
+        # For the walk's own use, as long as these rules are unchanged (what it knows of them).
+        self.walk_memo: Optional[Dict[Any, Any]] = {} if decoding.shortcuts else None
+        for raw in raw_rules:
+            if _SET_LOOKUP in raw.raw_expressions:
+                self.reusable = False
+                decoded = decoding.decode(raw)
+                self._items.extend(decoded) if isinstance(decoded, tuple) else self._items.append(decoded)
+            else:
+                self._items.append(raw)
+
+    def known_conditions(self, index: int) -> Optional[Tuple[Match, ...]]:
+        item = self._items[index]
+        return self._decoding.leading(item) if isinstance(item, KernelRule) else None
+
+    def _rule(self, index: int) -> Rule:
+        item = self._items[index]
+        if isinstance(item, Rule):
+            return item
+        decoded = self._decoding.decode(item)
+        assert isinstance(decoded, Rule)  # only a set lookup decodes to several rules
+        self._items[index] = decoded
+        return decoded
+
+    @overload
+    def __getitem__(self, index: int) -> Rule: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Rule]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Union[Rule, Sequence[Rule]]:
+        if isinstance(index, slice):
+            return tuple(self._rule(i) for i in range(len(self._items))[index])
+        return self._rule(index if index >= 0 else index + len(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _decode_table(kernel: KernelRuleset, name: str, family: str, dormant: bool, cache: Optional[DecodeCache], shortcuts: bool) -> Table:
     kernel_chains = kernel.chains_of(family, name)
     iptables = is_iptables_table(family, name, kernel_chains)
     sets = MappingProxyType({key[2]: found for key, found in kernel.sets.items() if key[0] == family and key[1] == name})
-
-    def parse_rule(raw: KernelRule) -> DecodedRule:
-        if cache is not None:
-            return cache.decode(raw, sets, family, iptables)
-        return decode_rule(raw, sets, family, iptables=iptables)
-
+    decoding = _Decoding(sets, family, name, iptables, cache)
+    if not shortcuts:
+        decoding.shortcuts, decoding.version = False, None
     base: Dict[str, Chain] = {}
     for chain in kernel_chains:
         if not chain.is_base:
@@ -185,8 +335,8 @@ def _decode_table(kernel: KernelRuleset, name: str, family: str, dormant: bool, 
             continue
         policy = (chain.policy or 'accept').upper()
         hooked = BaseChain(chain.hook or '', chain.priority or 0, chain.type or 'filter', tuple(chain.devices))
-        base[chain.name] = Chain(chain.name, policy, rules, parse_rule, base=hooked)
-    return Table(name, _Chains(kernel, family, name, base, parse_rule), family=family, dormant=dormant, native=not iptables)
+        base[chain.name] = DecodedChain(chain.name, policy, rules, decoding, base=hooked)
+    return Table(name, _Chains(kernel, family, name, base, decoding), family=family, dormant=dormant, native=not iptables)
 
 
 def _rules_of(kernel: KernelRuleset, key: ChainKey) -> Optional[Sequence[KernelRule]]:
@@ -321,9 +471,10 @@ def _network_text(data: bytes, mask: bytes, version: int) -> str:
     size = len(mask) * 8
     prefix = bin(value).count('1')
     address = bytes(a & m for a, m in zip(data, mask))
+    shown = '{}.{}.{}.{}'.format(*address) if version == 4 and len(address) == 4 else str(_address(address, version))
     if value == ((1 << size) - 1) ^ ((1 << (size - prefix)) - 1):
-        return '{}/{}'.format(_address(address, version), prefix)
-    return '{}/{}'.format(_address(address, version), _address(mask, version))
+        return '{}/{}'.format(shown, prefix)
+    return '{}/{}'.format(shown, _address(mask, version))
 
 
 def _range_networks(low: bytes, high: bytes, version: int) -> Tuple[str, ...]:
@@ -504,7 +655,7 @@ class _RuleDecoder:
 
     def decode(self) -> DecodedRule:
         try:
-            expressions = self.rule.expressions
+            expressions = expressions_of(self.rule.raw_expressions)  # not kept on the rule, which outlives the decode
         except Exception as error:  # noqa: BLE001 - malformed attributes: the rule is carried, not raised
             self.problem('malformed expressions: {}'.format(error))
             expressions = ()
@@ -1709,3 +1860,174 @@ def decode_rule(rule: KernelRule, sets: Mapping[str, KernelSet], table_family: s
     except Exception as error:  # noqa: BLE001 - the last line of defence: carry, never raise
         return Rule(chain=rule.chain, matches=(Match('nft', (Option('rule (not decoded)'),)),), target=None, handle=rule.handle,
                     text='rule handle {} (not decoded)'.format(rule.handle), undecoded='{}: {}'.format(type(error).__name__, error))
+
+
+# ----------------------------------------------------------------------------- conditions known before the decode
+
+# Expressions the decoder passes over without touching a register: a compat match is a condition of
+# its own, which a subset of the rule's conditions may leave out.
+_PASSED_OVER = frozenset({'counter', 'last', 'match'})
+# meta keys loaded into a register that is then not followed (what it holds never says "none" here,
+# and comparing it cannot change how the decoder reads later loads, as nfproto would).
+_META_NOT_FOLLOWED = frozenset({4, 5, 16})  # iif, oif, l4proto
+_META_INTERFACES = frozenset({6, 7})  # iifname, oifname
+
+# What a register holds, as far as :func:`leading_conditions` follows it: a value the decoder holds
+# too, or None (loaded, not followed).
+_Held = Dict[int, Optional[_Value]]
+
+
+def leading_conditions(raw: bytes, version: int) -> Optional[Tuple[Match, ...]]:
+    """Some of the conditions of a rule of an ``ip`` (4) or ``ip6`` (6) table, read from its first
+    expressions without decoding the rule: the address and interface comparisons that come before
+    its first statement, as exactly the matches :func:`decode_rule` makes of them. They are a subset
+    of the decoded rule's conditions, so a class they match none of is matched by none of the rule.
+    None when nothing is known (or the expressions are malformed, which the decoder reads otherwise)."""
+    expressions = _plain_expressions(raw)
+    if expressions is None:
+        try:
+            expressions = [(expression.name, expression.data) for expression in expressions_of(raw)]
+        except Exception:  # noqa: BLE001 - the decoder carries such a rule as not decoded
+            return None
+    held: _Held = {}
+    found: List[Match] = []
+    for name, data in expressions:
+        if name in _PASSED_OVER:
+            continue
+        try:
+            if name == 'cmp':
+                if any(value is not None for value in held.values()):  # else it compares nothing followed
+                    _follow_cmp(data, held, found)
+                continue
+            effect = _effect(name, data, version)
+            if effect is None:
+                break
+            if isinstance(effect, _Load):
+                _hold(held, effect.slots, effect.value)
+            elif not _follow_bitwise(effect, held):
+                break
+        except Exception:  # noqa: BLE001 - the decoder stops following this expression too
+            break
+    return tuple(found) or None
+
+
+_unpack_header = struct.Struct('=HH').unpack_from
+# The names the shortcut reads, as the kernel sends them (NUL-terminated).
+_PLAIN_NAMES = {(name + '\0').encode(): name for name in ('payload', 'meta', 'bitwise', 'cmp') + tuple(_PASSED_OVER)}
+
+
+def _plain_expressions(raw: bytes) -> Optional[List[Tuple[str, bytes]]]:
+    """(name, data) of each expression, where every element is laid out as the kernel writes it (a
+    name, then the data, nothing else): what :func:`.nf_tables.expressions_of` gives then, without
+    its dictionaries. A name not read by the shortcut is ''. None for any other layout."""
+    found: List[Tuple[str, bytes]] = []
+    offset, end = 0, len(raw)
+    while offset + 4 <= end:
+        length, kind = _unpack_header(raw, offset)
+        after = offset + length
+        if length < 4 or after > end:
+            return None
+        if kind & 0x3FFF == 1:  # NFTA_LIST_ELEM
+            start = offset + 4
+            if start + 4 > after:
+                return None
+            name_length, name_kind = _unpack_header(raw, start)
+            data_at = start + ((name_length + 3) & ~3)
+            if name_kind & 0x3FFF != 1 or name_length < 4 or data_at + 4 > after:
+                return None
+            data_length, data_kind = _unpack_header(raw, data_at)
+            data_end = data_at + data_length
+            if data_kind & 0x3FFF != 2 or data_length < 4 or data_end > after or data_at + ((data_length + 3) & ~3) + 4 <= after:
+                return None
+            name = _PLAIN_NAMES.get(raw[start + 4 : start + name_length], '')
+            found.append((name, raw[data_at + 4 : data_end] if name and name not in _PASSED_OVER else b''))
+        offset += (length + 3) & ~3
+    return found
+
+
+@dataclass(frozen=True)
+class _Load:
+    slots: range
+    value: Optional[_Value]  # None: not followed
+
+
+@dataclass(frozen=True)
+class _Bitwise:
+    source: int  # slot
+    slots: range
+    length: int
+    mask: bytes
+    xor: bytes
+    shifts: bool
+
+
+@functools.lru_cache(maxsize=1024)
+def _effect(name: str, data: bytes, version: int) -> Union[_Load, _Bitwise, None]:
+    """What a load (payload, meta) or a bitwise does to the registers, as the decoder's handler
+    would do it (only what is followed here: addresses and interface names); None for an
+    expression that is not followed (a statement, anything else). These repeat from rule to rule."""
+    attrs = attributes(data)
+    if name == 'payload':
+        if 5 in attrs:
+            return None  # a payload write: a statement
+        base, offset, length = be32(attrs[2]), be32(attrs[3]), be32(attrs[4])
+        known = _NETWORK_FIELDS.get((version, offset)) if base == 1 else None
+        value = None
+        if known is not None and known[1] != '-p' and length <= known[2]:
+            value = _Value(_Field('address', known[0], known[1], size=known[2], version=version), length)
+        return _Load(_slots(_reg(attrs, 1, 'destination register'), length), value)
+    if name == 'meta':
+        key = be32(attrs[2])
+        if 3 in attrs or key not in _META_NOT_FOLLOWED | _META_INTERFACES:
+            return None
+        field = _META_FIELDS[key]
+        value = _Value(field, field.size) if key in _META_INTERFACES else None
+        return _Load(_slots(_reg(attrs, 1, 'destination register'), field.size), value)
+    if name == 'bitwise':
+        length = be32(attrs[3])
+        source = _slots(_reg(attrs, 1, 'source register'), 1)[0]
+        slots = _slots(_reg(attrs, 2, 'destination register'), length)
+        shifts = (be32(attrs[6]) if 6 in attrs else 0) != 0
+        mask, xor = (_data_value(attrs[4]), _data_value(attrs[5])) if not shifts else (b'', b'')
+        return _Bitwise(source, slots, length, mask, xor, shifts)
+    return None
+
+
+def _follow_cmp(data: bytes, held: _Held, found: List[Match]) -> None:
+    attrs = attributes(data)
+    value = held.get(_slots(_reg(attrs, 1, 'source register'), 1)[0])
+    op, compared = be32(attrs[2]), _data_value(attrs[3])
+    if value is not None and op in (0, 1):
+        match = _leading_match(value, compared, op == 1)
+        if match is not None:
+            found.append(match)
+
+
+def _follow_bitwise(bitwise: _Bitwise, held: _Held) -> bool:
+    source = held.get(bitwise.source)
+    if source is None:
+        _hold(held, bitwise.slots, None)
+        return True
+    if bitwise.shifts or any(bitwise.xor):
+        return False  # the decoder gives up on it: what it loads is not followed
+    mask = bitwise.mask
+    if source.mask is not None:
+        mask = bytes(a & b for a, b in zip(mask, source.mask))
+    _hold(held, bitwise.slots, _Value(source.field, bitwise.length, mask))
+    return True
+
+
+def _hold(held: _Held, slots: range, value: Optional[_Value]) -> None:
+    for slot in slots:
+        held[slot] = None
+    held[slots[0]] = value
+
+
+def _leading_match(value: _Value, data: bytes, negated: bool) -> Optional[Match]:
+    """The match ``_cmp_match`` makes of an equality on an address or an interface name."""
+    field = value.field
+    if field.kind == 'address' and len(data) <= field.size:
+        return _builtin(field.option, (_address_option(value, data),), negated)
+    if field.kind == 'ifname' and value.mask is None:
+        return _builtin(field.option, (_interface_text(data),), negated)
+    return None

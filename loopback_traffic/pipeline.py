@@ -145,7 +145,8 @@ def run_rule(
     origins: Tuple[str, ...] = ()
     try:
         state = state if state is not None else InstanceState()
-        collected = tuple(collect(options, family, given, state.kernel, state.walk(options, family, rule)))
+        walk = state.walk(options, family, rule)
+        collected = tuple(collect(options, family, given, state.kernel, walk, walk_key=(rule.name, options.mode)))
         origins = tuple(piece.origin for piece in collected)
         result = in_manager_language(state.evaluate(options, family, rule, collected), applicability.disabled_by)
     except CollectionError as error:

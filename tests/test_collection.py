@@ -9,10 +9,10 @@ import time
 import pytest
 
 from datadog_checks.loopback_traffic.applicability import ApplicabilityChecker
-from datadog_checks.loopback_traffic.collect import KERNEL, CollectionError, collect, read_file
+from datadog_checks.loopback_traffic.collect import KERNEL, CollectionError, KernelCache, collect, read_file
 from datadog_checks.loopback_traffic.config import parse_options
 from datadog_checks.loopback_traffic.pipeline import InstanceState, run_rule
-from datadog_checks.loopback_traffic.requirements import INPUT_ACCEPT_LO, INPUT_DROP_LOOPBACK_SOURCE, OUTPUT_ACCEPT_LO, rule_for_family
+from datadog_checks.loopback_traffic.requirements import INPUT_ACCEPT_LO, INPUT_DROP_LOOPBACK_SOURCE, OUTPUT_ACCEPT_LO, rule_for_family, rule_named
 from datadog_checks.loopback_traffic.results import Status
 
 from .netns import netns, probe_loopback, require_tools  # noqa: F401
@@ -104,6 +104,33 @@ def test_an_unchanged_generation_reuses_the_last_read_and_result(netns):
     third = evaluate_with(netns, 'ipv4', state=state)
     assert state.kernel.ruleset is not kernel and state.kernel.ruleset.generation != kernel.generation
     assert third.result.requirement(INPUT_ACCEPT_LO).status is FAIL
+
+
+def test_two_walks_of_one_family_in_one_generation_each_get_their_own_result(netns):
+    """Several compliance rules walk the same family: within one generation each walk's result is
+    its own (a rule without the output requirement is not given the output failure of another)."""
+    netns.restore(filter_table('-A INPUT -i lo -j ACCEPT', '-A INPUT -s 127.0.0.0/8 -j DROP', '-A OUTPUT -o lo -j DROP',
+                               input_policy='DROP'), 'ipv4')
+    opts, cache = options(netns, 'ipv4'), KernelCache()
+    (first,) = collect(opts, 'ipv4', cache=cache, walk=lambda kernel: 'first', walk_key='first')
+    (second,) = collect(opts, 'ipv4', cache=cache, walk=lambda kernel: 'second', walk_key='second')
+    assert first.kernel.generation == second.kernel.generation and (first.walked, second.walked) == ('first', 'second')
+    walked = []
+
+    def walk(kernel):
+        walked.append('again')
+        return 'again'
+
+    (reused,) = collect(opts, 'ipv4', cache=cache, walk=walk, walk_key='first')
+    assert reused.walked == 'first' and reused.kernel is second.kernel and walked == []  # the same walk: its result, kept
+    # Every rule of the family, through the pipeline: the nftables rule has no output requirement.
+    state = InstanceState()
+    checker = ApplicabilityChecker(opts)
+    iptables = run_rule(opts, rule_for_family('ipv4'), checker, state=state).result
+    nftables = run_rule(opts, rule_named('set_nftables_loopback_traffic').part('ipv4'), checker, state=state).result
+    assert iptables.requirement(OUTPUT_ACCEPT_LO).status is FAIL
+    assert [r.requirement for r in nftables.requirements] == [INPUT_ACCEPT_LO, INPUT_DROP_LOOPBACK_SOURCE]
+    assert nftables.status is Status.PASS
 
 
 def nft(ns, *commands):

@@ -13,7 +13,7 @@ import re
 import struct
 import sys
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -233,6 +233,40 @@ def test_reader_collects_a_dump_and_notes_interruption() -> None:
     rules = reader.all_rules()
     assert [r.handle for r in rules] == [42, 42, 42] and reader.interrupted
     assert rules[0].table is rules[2].table  # the names of one dump are decoded once
+
+
+def _rule_with(handle: int, res_id: int = 0) -> bytes:
+    body = nla_str(1, 'filter') + nla_str(2, 'input') + nla_be64(3, handle) + nla(4, nla(1, nla_str(1, 'counter') + nla(2, b''), nested=True), nested=True)
+    return message(netlink.NFT_MSG_NEWRULE, body, family=1, res_id=res_id)
+
+
+def test_a_chain_read_again_with_the_same_bytes_gives_the_same_rules() -> None:
+    first = FedReader([_rule_with(1) + _rule_with(2) + done()]).chain_rules('inet', 'filter', 'input')
+    assert [rule.handle for rule in first.rules] == [1, 2]
+    # the same rules in a later generation (nfgenmsg's res_id carries it): the same objects
+    again = FedReader([_rule_with(1, res_id=9) + _rule_with(2, res_id=9) + done()]).chain_rules('inet', 'filter', 'input', known=first)
+    assert again is first
+    changed = FedReader([_rule_with(1) + _rule_with(3) + done()]).chain_rules('inet', 'filter', 'input', known=first)
+    assert [rule.handle for rule in changed.rules] == [1, 3] and changed.digest != first.digest
+    other_family = message(netlink.NFT_MSG_NEWRULE, attrs_of(_rule_with(1)), family=2) + _rule_with(2) + done()
+    assert FedReader([other_family]).chain_rules('inet', 'filter', 'input', known=first) is not first
+
+
+def _chain_named(name: str, res_id: int = 0) -> bytes:
+    return message(netlink.NFT_MSG_NEWCHAIN, nla_str(1, 'filter') + nla_be64(2, 5) + nla_str(3, name), family=1, res_id=res_id)
+
+
+def test_the_chain_index_reads_a_chain_message_once() -> None:
+    known: Dict[Tuple[int, bytes], Tuple[str, str, str]] = {}
+    base, names = FedReader([CHAIN + _chain_named('user') + done()]).chain_index(known)
+    assert [chain.name for chain in base] == ['input'] and names == {('inet', 'filter', 'input'), ('inet', 'filter', 'user')}
+    assert list(known.values()) == [('inet', 'filter', 'user')]  # base chains are always read in full
+    seen = dict(known)
+    base, names = FedReader([CHAIN + _chain_named('user', res_id=3) + _chain_named('other') + done()]).chain_index(known)
+    assert [chain.name for chain in base] == ['input'] and names == {('inet', 'filter', 'input'), ('inet', 'filter', 'user'), ('inet', 'filter', 'other')}
+    assert all(known[key] is value for key, value in seen.items()) and len(known) == 2
+    base, names = FedReader([CHAIN + done()]).chain_index(known)
+    assert names == {('inet', 'filter', 'input')} and known == {}  # what the last read had
 
 
 def test_reader_maps_kernel_errors() -> None:
