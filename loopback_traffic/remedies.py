@@ -35,6 +35,7 @@ _NOTHING_LOADED = '(no such chain loaded'
 # jumps to ufw-user-input last); the user rules, after.rules and the default policy come after.
 _UFW_BEFORE = re.compile(r'ufw6?-(before-.*|not-local)$')
 _UFW_LATER = re.compile(r'ufw6?-(user-.*|after-.*|reject-.*|track-.*|skip-to-policy-.*|logging-.*)$')
+_UFW_USER = re.compile(r'ufw6?-user-(input|output)$')
 _BUILT_IN = ('INPUT', 'OUTPUT', 'FORWARD')
 
 # What ufw's own commands and before.rules lines say for each requirement.
@@ -112,8 +113,25 @@ def _ufw_fixes(rule: ComplianceRule, requirement: RequirementResult, disabled_by
         return requirement.remediation  # a chain ufw does not write decides: the fix goes there
     if 'before' in places:
         return (_before_rules_fix(rule, name),)
-    user_rule = any(where.chain.endswith('-user-input') or where.chain.endswith('-user-output') for where in _positions(requirement) if not where.is_policy)
-    return (_ufw_command(rule, name, first=user_rule),)
+    users = [where for where in _positions(requirement) if not where.is_policy and _UFW_USER.match(where.chain)]
+    # ufw changes a rule of the same criteria in place (`ufw deny in on lo` -> `ufw allow in on lo`), but
+    # skips a `prepend` of it; any other user rule that decides needs the new one first.
+    same = any(_user_criteria(where) == _ufw_criteria(rule, name) for where in users)
+    return (_ufw_command(rule, name, first=bool(users) and not same),)
+
+
+def _user_criteria(where: Position) -> str:
+    """A user rule's criteria as ufw writes them: ``-A ufw-user-input -i lo -j DROP`` -> ``-i lo``."""
+    words = where.text.split()
+    if words[:1] == ['-A']:
+        words = words[2:]
+    if '-j' in words:
+        words = words[: words.index('-j')]
+    return ' '.join(words)
+
+
+def _ufw_criteria(rule: ComplianceRule, requirement: str) -> str:
+    return _BEFORE_RULES_LINES[requirement][1].format(rule.loopback_text).split(' ! -i')[0].split(' -j')[0]
 
 
 # --- nftables -----------------------------------------------------------------------------------------

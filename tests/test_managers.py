@@ -313,3 +313,24 @@ def test_the_nftables_host_example_is_read_back_from_a_throwaway_namespace(capsy
         drop = requirement(found, family, 'input_drop_loopback_source')
         assert drop['status'] == 'partial' and drop['remediation'][0] == 'nft insert rule inet filter input iif != lo {} drop'.format(address)
     assert not namespace_exists('lt-example-{}'.format(os.getpid()))
+
+
+def test_a_ufw_user_rule_that_denies_lo_is_changed_in_place_by_the_ufw_command(netns_pair):
+    receiver = netns_pair.receiver
+    ufw_in_netns(receiver, [['--force', 'disable']])
+    path = os.path.join(receiver.etc_dir(), 'ufw', 'before.rules')
+    with open(path) as before:
+        kept = [line for line in before.read().split('\n') if not re.match(r'-A ufw-before-(input -i lo -j ACCEPT|output -o lo -j ACCEPT|input .*INVALID.*)$', line)]
+    with open(path, 'w') as before:
+        before.write('\n'.join(kept))
+    ufw_in_netns(receiver, [['--force', 'enable'], ['deny', 'in', 'on', 'lo']])
+    found = judge(receiver, UFW_RULE)
+    hit = requirement(found, 'ipv4', 'input_accept_lo')
+    assert hit['status'] == 'fail' and (hit['deciding']['chain'], hit['deciding']['text']) == ('ufw-user-input', '-A ufw-user-input -i lo -j DROP')
+    # `ufw prepend allow in on lo` would be skipped as an existing rule; `ufw allow in on lo` updates it.
+    assert hit['remediation'] == ['ufw allow in on lo']
+    kernel_agrees(netns_pair, found)
+    apply_fixes(receiver, hit['remediation'])
+    after = judge(receiver, UFW_RULE)
+    assert requirement(after, 'ipv4', 'input_accept_lo')['status'] == 'pass'
+    assert probe_loopback(receiver, 'ipv4')
