@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, TypeVar, Union
 
-from .netlink import NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NetlinkError, iter_messages, parse_done, parse_error
+from .netlink import DEFAULT_RCVBUF, NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NetlinkError, iter_messages, open_socket, parse_done, parse_error
 
 __all__ = [
     'IpsetError',
@@ -137,9 +137,6 @@ NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
 NLA_F_NESTED = 0x8000
 NLA_F_NET_BYTEORDER = 0x4000
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
 
 FAMILY_NAMES: Mapping[int, str] = {0: 'unspec', 2: 'inet', 10: 'inet6'}
 
@@ -776,24 +773,10 @@ def _name_bytes(name: str) -> bytes:
 
 
 def _open_socket() -> socket.socket:
-    family = getattr(socket, 'AF_NETLINK', None)
-    if family is None:
-        raise IpsetError('netlink sockets are not available on this platform (Linux only)')
     try:
-        sock = socket.socket(family, socket.SOCK_RAW, NETLINK_NETFILTER)
-    except OSError as exc:
-        raise _os_error(exc, 'opening a NETLINK_NETFILTER socket') from exc
-    try:
-        sock.bind((0, 0))
-    except OSError as exc:
-        sock.close()
-        raise _os_error(exc, 'binding a NETLINK_NETFILTER socket') from exc
-    for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
-        try:
-            sock.setsockopt(SOL_NETLINK, option, 1)
-        except OSError:
-            pass
-    return sock
+        return open_socket(DEFAULT_RCVBUF)
+    except NetlinkError as error:
+        raise IpsetError(str(error), error.errno) from error
 
 
 # --------------------------------------------------------------------------- SO_IP_SET

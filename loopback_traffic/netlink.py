@@ -576,7 +576,7 @@ class NetlinkReader:
 
     def open(self) -> None:
         if self._sock is None:
-            self._sock = _open_socket(self.rcvbuf)
+            self._sock = open_socket(self.rcvbuf)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -862,7 +862,8 @@ def _os_error(exc: OSError, what: str) -> NetlinkError:
     return NetlinkError('{}: {}'.format(what, reason), code or None)
 
 
-def _open_socket(rcvbuf: int) -> socket.socket:
+def open_socket(rcvbuf: int) -> socket.socket:
+    """A bound NETLINK_NETFILTER socket (nf_tables and ipset alike); :class:`NetlinkError` when it cannot be had."""
     family = getattr(socket, 'AF_NETLINK', None)
     if family is None:
         raise NetlinkError('netlink sockets are not available on this platform (Linux only)')
