@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import replace
 from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from .model import Match, Option, Rule, Target
+from .model import Match, Option, Rule, SetContents, Target
 from .requirements import (
     CT_UNATTACHED,
     CT_UNTRACKED,
@@ -263,6 +263,22 @@ def _connmark(match: Match, packets: PacketClass) -> Relation:
     return _bits_match(match, packets.ctmark)
 
 
+def _ctzone(match: Match, packets: PacketClass) -> Relation:
+    """The native ``ct zone N`` (iptables has no match for it): known where a CT template set it."""
+    if packets.conntrack == CT_UNTRACKED:
+        return NONE  # no connection: the expression breaks the rule, negated or not
+    relations = []
+    for option in match.options:
+        values = _mark_values(option) if option.name == '--zone' else None
+        if values is None:
+            return SOME
+        relations.append(_negated(option, _disjunction(_truth(packets.zone.test(value & _ZONE, mask & _ZONE)) for value, mask in values)))
+    return _conjunction(relations) if relations else SOME
+
+
+_ZONE = 0xFFFF
+
+
 def _state_names(option: Option) -> Set[str]:
     return {name.strip().upper() for name in ','.join(option.values).split(',')}
 
@@ -278,13 +294,68 @@ def _conntrack(match: Match, packets: PacketClass) -> Relation:
     return _conjunction(_negated(option, ALL if 'UNTRACKED' in _state_names(option) else NONE) for option in states)
 
 
+# Options of a set match that do not change which packets it matches.
+_SET_FLAGS = frozenset({'--match-set', '--update-counters', '--update-subcounters'})
+
+
+def _set(match: Match, packets: PacketClass) -> Relation:
+    """Whether the packets are in the ipset, from its contents as read with the rules."""
+    contents = match.contents
+    option = next((option for option in match.options if option.name == '--match-set'), None)
+    if contents is None or option is None or contents.unknown:
+        return SOME
+    names = {option.name for option in match.options}
+    if names - _SET_FLAGS - {'--return-nomatch'} or ('--return-nomatch' in names and _has_exceptions(contents)):
+        return SOME  # counter comparisons, nomatch members that match
+    return _negated(option, _set_relation(contents, packets))
+
+
+def _has_exceptions(contents: SetContents) -> bool:
+    return bool(contents.exceptions) or any(_has_exceptions(subset) for subset in contents.subsets)
+
+
+def _set_relation(contents: SetContents, packets: PacketClass) -> Relation:
+    if contents.unknown:
+        return SOME
+    if contents.kind == 'list:set':
+        return _any_of(_set_relation(subset, packets) for subset in contents.subsets)
+    if contents.version and contents.version != packets.source.version:
+        return NONE  # the kernel's match fails for a set of the other family
+    found = _any_of(_member_relation(contents.dimensions, member, packets) for member in contents.members)
+    if found is ALL and any(_member_relation(contents.dimensions, member, packets) is not NONE for member in contents.exceptions):
+        return SOME  # a more specific nomatch member takes part of the class out
+    return found
+
+
+def _any_of(relations: Iterable[Relation]) -> Relation:
+    """Whether any member matches (none of them fails to): an empty set matches nothing."""
+    return _invert(_conjunction(_invert(relation) for relation in relations))
+
+
+def _member_relation(dimensions: Sequence[Tuple[str, str]], values: Sequence[str], packets: PacketClass) -> Relation:
+    return _conjunction(_dimension_relation(kind, direction, value, packets) for (kind, direction), value in zip(dimensions, values))
+
+
+def _dimension_relation(kind: str, direction: str, value: str, packets: PacketClass) -> Relation:
+    if not value:
+        return SOME
+    if kind == 'net':
+        return _address_relation((value,), packets.source if direction == 'src' else packets.destination, packets.source)
+    if kind == 'iface':
+        return _interface_relation(value, packets.in_interface if direction == 'src' else packets.out_interface)
+    if kind == 'mark':
+        parsed = _value_and_mask(value)
+        return _truth(packets.mark.test(*parsed)) if parsed else SOME
+    return SOME
+
+
 def _unknown(match: Match, packets: PacketClass) -> Relation:
     return SOME
 
 
 # One entry per match module (``-m NAME``; '' is the built-in criteria). A module not listed is
-# **some**: tcp/udp ports, limit, set (ipset contents are not read), nft (a native condition the
-# netlink front-end can describe but not judge), and every module the check does not know.
+# **some**: tcp/udp ports, limit, nft (a native condition the netlink front-end can describe but not
+# judge), and every module the check does not know.
 MODULES: Mapping[str, Callable[[Match, PacketClass], Relation]] = {
     '': _builtin,
     'comment': _always,
@@ -295,6 +366,8 @@ MODULES: Mapping[str, Callable[[Match, PacketClass], Relation]] = {
     'connmark': _connmark,
     'conntrack': _conntrack,
     'state': _conntrack,
+    'set': _set,
+    'ctzone': _ctzone,
 }
 
 
@@ -445,7 +518,15 @@ def _effect(target: Target, packets: PacketClass) -> PacketClass:
         return packets  # CT and NOTRACK do nothing to packets already tracked (or exempted)
     if target.name == 'NOTRACK' or '--notrack' in args:
         return replace(packets, conntrack=CT_UNTRACKED)
-    return packets  # CT --zone, --helper ...: nothing a match here reads
+    zone = next((args[i + 1] for i, arg in enumerate(args[:-1]) if arg in _ZONE_OPTIONS), None)
+    if zone is not None:
+        # The connection is looked up (or made) in that zone; ``ct zone`` reads its id whatever the direction.
+        parsed = _value_and_mask(zone)
+        return replace(packets, zone=Bits().set_xmark(parsed[0] & _ZONE, _ZONE) if parsed else Bits())
+    return packets  # CT --helper, --ctevents ...: nothing a match here reads
+
+
+_ZONE_OPTIONS = frozenset({'--zone', '--zone-orig', '--zone-reply'})
 
 
 def apply(rule: Rule, packets: PacketClass) -> PacketClass:

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Callable, Dict, Hashable, Iterable, List, Optional, Tuple
 
 from .config import LEGACY, NFT, Options
+from .ipset import IpsetError, IpsetReader
+from .ipset_contents import MATCH_SET, NOT_IN_A_SAVED_RULESET, SetsOnDemand, SetsRead
 from .netlink import KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, read_consistent
 from .nf_tables import ChainKey, ChainRules, KernelRule, KernelRuleset, KernelSet
 from .namespaces import in_network_namespace
 from .runner import CollectionError, command_line
-from .saves import legacy_tables_present, read_file, read_stream as read_saved_stream, run_save, save_command, tool_kind, uses_netlink
+from .saves import is_wrapped, legacy_tables_present, read_file, read_stream as read_saved_stream, run_save, save_command, tool_kind, uses_netlink
 
 KERNEL = 'kernel'
 # nf_tables families whose chains can see IPv4 or IPv6 packets on the loopback paths.
@@ -38,17 +40,22 @@ class Collected:
     text: str = ''
     kernel: Optional[KernelRuleset] = None
     walked: object = field(default=None, compare=False)  # what the walk returned while the kernel was read
+    sets: Optional[SetsRead] = None  # the ipsets its set matches name, where it has any
 
     @property
     def identity(self) -> Tuple[object, ...]:
-        """Equal for the same ruleset: the same text, or the same nf_tables generation."""
+        """Equal for the same ruleset: the same text, or the same nf_tables generation, with the
+        same contents of the ipsets it uses."""
+        sets = self.sets.identity if self.sets is not None else None
         if self.kernel is not None:
-            return (self.backend, self.origin, self.kernel.generation)
-        return (self.backend, self.origin, self.text)
+            return (self.backend, self.origin, self.kernel.generation, sets)
+        return (self.backend, self.origin, self.text, sets)
 
 
 def collected_text(text: str, origin: str) -> Collected:
-    return Collected(NFT, origin, text)
+    """A saved ruleset (a file, the CLI's input): the ipsets' contents are not in it."""
+    sets = SetsRead(unread=NOT_IN_A_SAVED_RULESET) if MATCH_SET in text else None
+    return Collected(NFT, origin, text, sets=sets)
 
 
 def read_stream(stream: BinaryIO, origin: str, max_output_bytes: Optional[int] = None) -> Collected:
@@ -68,6 +75,7 @@ class KernelCache:
     def __init__(self) -> None:
         self.ruleset: Optional[KernelRuleset] = None
         self.walked: Dict[Tuple[str, Hashable], object] = {}  # (family, walk key) -> what that walk returned on ``ruleset``
+        self.walked_sets: Dict[Tuple[str, Hashable], Optional[SetsRead]] = {}  # the ipsets that walk used, if any
         # The chains read last, by what the kernel sent for them: an unchanged chain is not parsed
         # again, and its rules are the same objects (what was decoded of them is found again).
         self.chains: Dict[ChainKey, KnownRules] = {}
@@ -116,13 +124,13 @@ def _chain_rules(reader: NetlinkReader, cache: KernelCache, key: ChainKey) -> Tu
     return cache.chain_rules(reader, key)
 
 
-def _read_walking(reader: NetlinkReader, cache: KernelCache, walk: Walk) -> Tuple[KernelRuleset, object]:
+def _read_walking(reader: NetlinkReader, cache: KernelCache, walk: Walk, ipsets: SetsOnDemand) -> Tuple[KernelRuleset, object]:
     """The ruleset as far as ``walk`` enters it, and what ``walk`` returned; one generation if the
     generation id is the same before and after (``read_consistent`` checks it)."""
     generation = reader.generation()
     start, read = _start(reader, cache, generation)
     rules = ChainRules(read, lambda key: _chain_rules(reader, cache, key), start.chain_names)
-    ruleset = replace(start, rules=rules)
+    ruleset = replace(start, rules=rules, ipsets=ipsets)
     try:
         value = walk(ruleset)
     finally:
@@ -142,12 +150,31 @@ def _netlink_failure(error: NetlinkError) -> CollectionError:
     return CollectionError('reading nf_tables over netlink failed: {}'.format(error))
 
 
+def read_ipsets(options: Options) -> SetsRead:
+    """Every ipset of the judged namespace with its members, or why they could not be read."""
+    try:
+        reader = IpsetReader(options.timeout, options.max_output_bytes)
+        in_network_namespace(options.network_namespace, reader.open)
+        with reader:
+            return SetsRead(reader.sets())
+    except IpsetError as error:
+        return SetsRead(unread='the ipsets could not be read: {}'.format(error))
+    except CollectionError as error:  # the namespace could not be entered
+        return SetsRead(unread='the ipsets could not be read: {}'.format(error))
+
+
+def _sets_unchanged(options: Options, used: Optional[SetsRead]) -> bool:
+    """Whether the ipsets a walk used (None: it used none) hold what they held then."""
+    return used is None or read_ipsets(options).identity == used.identity
+
+
 def read_kernel(
     options: Options, cache: KernelCache, family: str, walk: Optional[Walk] = None, walk_key: Hashable = None
-) -> Tuple[KernelRuleset, object]:
+) -> Tuple[KernelRuleset, object, Optional[SetsRead]]:
     """The kernel's nf_tables ruleset as far as the walk of ``family`` enters it (every chain
-    without ``walk``), read in one generation, and what the walk returned; while the generation is
-    unchanged, the last read."""
+    without ``walk``), read in one generation, what the walk returned and the ipsets it used (read
+    when a rule first needs them, and again after the walk: the read counts where they agree); while
+    the generation and those ipsets are unchanged, the last read."""
     walk = walk if walk is not None else _every_chain
     key = (family, walk_key)  # several compliance rules walk one family: each walk's result is its own
     try:
@@ -156,16 +183,31 @@ def read_kernel(
         with reader:
             last = cache.ruleset
             if last is not None and key in cache.walked and reader.generation() == last.generation:
-                return last, cache.walked[key]
-            generation, (ruleset, value) = read_consistent(reader, lambda current: _read_walking(current, cache, walk), attempts=_READ_ATTEMPTS)
+                used = cache.walked_sets.get(key)
+                if _sets_unchanged(options, used):
+                    return last, cache.walked[key], used
+            generation, (ruleset, value), used = _read_with_sets(options, reader, cache, walk)
     except NetlinkError as error:
         raise _netlink_failure(error)
     if last is None or last.generation != generation:
-        cache.walked = {}
+        cache.walked, cache.walked_sets = {}, {}
         cache.read_done()
+    # Evaluated again beside a legacy ruleset, it decodes with the ipsets its walk used (or reads them then).
     cache.ruleset = replace(ruleset, generation=generation)
-    cache.walked[key] = value
-    return cache.ruleset, value
+    cache.walked[key], cache.walked_sets[key] = value, used
+    return cache.ruleset, value, used
+
+
+def _read_with_sets(
+    options: Options, reader: NetlinkReader, cache: KernelCache, walk: Walk
+) -> Tuple[int, Tuple[KernelRuleset, object], Optional[SetsRead]]:
+    for _ in range(_READ_ATTEMPTS):
+        ipsets = SetsOnDemand(lambda: read_ipsets(options))
+        generation, read = read_consistent(reader, lambda current: _read_walking(current, cache, walk, ipsets), attempts=_READ_ATTEMPTS)
+        if _sets_unchanged(options, ipsets.read):
+            return generation, read, ipsets.read
+        reader.renew_deadline()
+    raise CollectionError('the ipsets that the rules use kept changing while the rules were read (read {} times; the next run reads them again)'.format(_READ_ATTEMPTS))
 
 
 def _every_chain(ruleset: KernelRuleset) -> None:
@@ -177,10 +219,23 @@ def _every_chain(ruleset: KernelRuleset) -> None:
 LEGACY_TABLES_WARNING = 'legacy tables present'
 
 
-def _save(options: Options, backend: str, command: Tuple[str, ...]) -> Tuple[Collected, bool]:
-    """One whole save, and whether the tool warned that legacy tables exist beside it."""
+def _save(options: Options, family: str, backend: str, command: Tuple[str, ...]) -> Tuple[Collected, bool]:
+    """One whole save with the ipsets its rules use, and whether the tool warned that legacy tables
+    exist beside it."""
     output = run_save(options, command)
-    return Collected(backend, command_line(save_command(options, command)), output.stdout), LEGACY_TABLES_WARNING in output.stderr
+    collected = Collected(backend, command_line(save_command(options, command)), output.stdout)
+    if MATCH_SET in collected.text:
+        collected = replace(collected, sets=_sets_beside_save(options, family, backend))
+    return collected, LEGACY_TABLES_WARNING in output.stderr
+
+
+def _sets_beside_save(options: Options, family: str, backend: str) -> SetsRead:
+    """The ipsets of the namespace a save read: read by the check itself, just after the save (no
+    moment is shared with it). Not where the save ran through a wrapper, which may have entered
+    another namespace."""
+    if options.network_namespace is None and is_wrapped(options, family, backend):
+        return SetsRead(unread='the rules were read through a wrapper command, in a namespace the check cannot read the ipsets of')
+    return read_ipsets(options)
 
 
 def _legacy(options: Options, family: str, warned: bool = False) -> List[Collected]:
@@ -188,7 +243,7 @@ def _legacy(options: Options, family: str, warned: bool = False) -> List[Collect
     where a save tool warned of them."""
     if legacy_tables_present(options, family) is False and not warned:
         return []
-    return [_save(options, LEGACY, options.save_commands[(family, LEGACY)])[0]]
+    return [_save(options, family, LEGACY, options.save_commands[(family, LEGACY)])[0]]
 
 
 def _nft_variant(command: Tuple[str, ...]) -> Optional[Tuple[str, ...]]:
@@ -205,11 +260,11 @@ def _from_saves(options: Options, family: str) -> List[Collected]:
     """One whole save per backend: the configured tool's, and the other backend's."""
     main = options.save_commands[(family, NFT)]
     if tool_kind(main[-1]) != LEGACY:
-        collected, warned = _save(options, NFT, main)
+        collected, warned = _save(options, family, NFT, main)
         return [collected] + _legacy(options, family, warned)
     # The configured tool is the legacy variant: the nf_tables rules are not in its output.
     variant = _nft_variant(main)
-    return [_save(options, LEGACY, main)[0]] + ([_save(options, NFT, variant)[0]] if variant else [])
+    return [_save(options, family, LEGACY, main)[0]] + ([_save(options, family, NFT, variant)[0]] if variant else [])
 
 
 def collect(
@@ -229,8 +284,8 @@ def collect(
         return [collected_text(read_file(path, options.max_output_bytes), path)]
     if not uses_netlink(options, family):
         return _from_saves(options, family)
-    kernel, walked = read_kernel(options, cache if cache is not None else KernelCache(), family, walk, walk_key)
-    return [Collected(KERNEL, 'nf_tables (netlink)', kernel=kernel, walked=walked)] + _legacy(options, family)
+    kernel, walked, sets = read_kernel(options, cache if cache is not None else KernelCache(), family, walk, walk_key)
+    return [Collected(KERNEL, 'nf_tables (netlink)', kernel=kernel, walked=walked, sets=sets)] + _legacy(options, family)
 
 
 __all__ = ['CollectionError', 'Collected', 'KernelCache', 'KERNEL', 'collect', 'collected_text', 'read_stream', 'uses_netlink']

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .classify import ALL, NONE, SOME, Relation, after, apply, classify, classify_matches, cover
+from .ipset_contents import unknown_sets
 from .model import INCOMPATIBLE_TABLE, JUMP, STATEMENT, Chain, Match, Rule, Ruleset, RulesUnavailable, Table
 from .parser import ParseError
 from .requirements import (
@@ -30,6 +31,7 @@ from .requirements import (
     INPUT_DROP_LOOPBACK_SOURCE,
     IPV4,
     LOOPBACK_INTERFACE,
+    OUTPUT_ACCEPT_LO,
     NAT_DENIES_NEW_ONLY,
     NAT_NOT_CONSULTED,
     OUTPUT,
@@ -218,6 +220,8 @@ class _View:
     entered: Tuple[Optional[PacketClass], ...]
     accepted: Optional[PacketClass]
     returned: Optional[PacketClass]
+    # Why rules reached matched only part of the class: the ipsets whose contents are not known.
+    uncertain: Tuple[str, ...] = ()
 
 
 # A chain's scan asks for the view of a chain it calls, entered with a class, and gets it back.
@@ -244,7 +248,7 @@ class _ChainWalker:
         self._first_entry: Dict[str, PacketClass] = {}
 
     def position(self, chain: Chain, index: int, rule: Rule) -> Position:
-        return Position(self.table_name, chain.name, index + 1, rule.text, self.label, rule.line, rule.handle)
+        return Position(self.table_name, chain.name, index + 1, rule.text, self.label, rule.line, rule.handle, unknown_sets(rule))
 
     def policy_position(self, chain: Chain) -> Position:
         return Position(self.table_name, chain.name, None, 'policy ' + str(chain.policy), self.label, chain.line)
@@ -342,6 +346,7 @@ class _ChainWalker:
         remaining: Optional[Tuple[IPNetwork, ...]] = (entry.source,)
         policy_accepts = chain.policy == 'ACCEPT'
         ended = False
+        uncertain: List[str] = []
         rules = _rules_to_walk(chain)
         known = _known_conditions(chain)
         memo = _relation_memo(rules)
@@ -366,6 +371,8 @@ class _ChainWalker:
                 if covered is not None:
                     relation, left = covered
             self._check_decoded(chain, rule, relation, current)
+            if relation is SOME:
+                uncertain.extend(unknown_sets(rule))
             relations.append(relation)
             callee = self.called_chain(rule) if relation is not NONE else None
             target = rule.target
@@ -407,7 +414,7 @@ class _ChainWalker:
                 returned = _meet(returned, current)
             elif policy_accepts:
                 accepted = _meet(accepted, current)
-        return _View(tuple(relations), tuple(entered), accepted, returned)
+        return _View(tuple(relations), tuple(entered), accepted, returned, tuple(dict.fromkeys(uncertain)))
 
     def summary(self, root: Chain, entry: PacketClass) -> Tuple[_Summary, _View]:
         """Summarise ``root`` for the class and, first, every chain it sends the class to (iterative DFS)."""
@@ -686,6 +693,8 @@ class _Walk:
     # For --explain (explain.py): when a list, each chain walk is added to it as (its result, the
     # class it was entered with, the walker that holds its views and summaries). Nothing else reads it.
     trace: Optional[List[Tuple['_HookResult', PacketClass, '_ChainWalker']]] = None
+    # Per requirement: why rules on its walks matched only part of its class (ipsets not known).
+    uncertain: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
 
     def count(self, walkers: Dict[Tuple[int, int], '_ChainWalker'], paths: Sequence[_PathChain]) -> None:
         for path in paths:
@@ -730,19 +739,51 @@ def _before_conntrack(order: Tuple[int, int]) -> bool:
 def _initial(packets: PacketClass) -> PacketClass:
     """At the start of its path: packets arriving on lo were tracked on their way out (notrack on the
     input path does nothing to them); the others are not yet looked up by conntrack."""
-    if packets.in_interface == Interfaces(LOOPBACK_INTERFACE):
+    if _arrives_on_lo(packets):
         return packets
     return replace(packets, conntrack=CT_UNATTACHED)
 
 
-def _walk_in_order(packets: PacketClass, paths: Sequence[_PathChain], required: str, walkers: "_Walkers", walk: _Walk, skip_partial: bool) -> Tuple[List[_HookResult], bool]:
+def entry_class(rule: ComplianceRule, requirement: Requirement, sources: Sequence[Source], walk: _Walk) -> Tuple[PacketClass, List[_PathChain]]:
+    """The requirement's class as it starts its path, and the path."""
+    packets = requirement.packet_class(rule.loopback)
+    paths = _path(requirement, rule.family, packets, sources)
+    if paths and _arrives_on_lo(packets):
+        packets = _sent_through_lo(rule, packets, sources, walk)
+    return packets, paths
+
+
+def _arrives_on_lo(packets: PacketClass) -> bool:
+    return packets.in_interface == Interfaces(LOOPBACK_INTERFACE)
+
+
+def _sent_through_lo(rule: ComplianceRule, packets: PacketClass, sources: Sequence[Source], walk: _Walk) -> PacketClass:
+    """The class arriving on lo as its packets left the output path: every one of them was sent by
+    this host through lo, and keeps the mark, connection mark and conntrack state (notrack too) that
+    the output path's chains set for every packet they let through."""
+    output = requirement_named(OUTPUT_ACCEPT_LO)
+    leaving = output.packet_class(rule.loopback)
+    if (leaving.source, leaving.destination) != (packets.source, packets.destination):
+        return packets
+    paths = _path(output, rule.family, leaving, sources)
+    if not paths:
+        return packets
+    _, _, sent = _walk_in_order(leaving, paths, output.required, {}, _Walk(walk.missing), False)
+    conntrack = CT_UNTRACKED if sent.conntrack == CT_UNTRACKED else packets.conntrack
+    return replace(packets, mark=sent.mark, ctmark=sent.ctmark, conntrack=conntrack, zone=sent.zone)
+
+
+def _walk_in_order(
+    packets: PacketClass, paths: Sequence[_PathChain], required: str, walkers: "_Walkers", walk: _Walk, skip_partial: bool
+) -> Tuple[List[_HookResult], bool, PacketClass]:
     """The chains of the path walked in the order packets meet them, each for what the class is known
     to be when it gets there: what the chains before set for every packet they accepted. Chains at
     the same place of the path (same hook and priority, in two rulesets) run in an order the check
     cannot know: after them nothing set earlier is relied on; a chain that sees only part of the
     class (nat, another device's ingress) leaves known only what it did not change. With
     ``skip_partial`` the chains that see only part of the class are not walked (whether any was
-    skipped is returned), and nothing set before them is relied on after them."""
+    skipped is returned), and nothing set before them is relied on after them. Also returned: what
+    the packets that pass the whole path are known to be."""
     results: List[_HookResult] = []
     current = _initial(packets)
     skipped = False
@@ -770,7 +811,7 @@ def _walk_in_order(packets: PacketClass, paths: Sequence[_PathChain], required: 
             elif accepted is not None:
                 leaving = accepted if not (path.partial_because or base.type == 'nat') else entry.meet(accepted)
         current = leaving
-    return results, skipped
+    return results, skipped, current
 
 
 def _walk_path(requirement: Requirement, packets: PacketClass, paths: Sequence[_PathChain], walk: _Walk) -> List[_HookResult]:
@@ -779,11 +820,13 @@ def _walk_path(requirement: Requirement, packets: PacketClass, paths: Sequence[_
     fails: they cannot do better than partial (a Kubernetes node's nat service chains are not read)."""
     walkers: _Walkers = {}
     deny = requirement.required == DENY
-    results, skipped = _walk_in_order(packets, paths, requirement.required, walkers, walk, deny)
+    results, skipped, _ = _walk_in_order(packets, paths, requirement.required, walkers, walk, deny)
     # They can make a deny at most partial: they matter only where every other chain fails.
     if skipped and all(result.status is Status.FAIL for result in results):
-        results, _ = _walk_in_order(packets, paths, requirement.required, walkers, walk, False)
+        results, _, _ = _walk_in_order(packets, paths, requirement.required, walkers, walk, False)
     walk.count(walkers, paths)
+    reasons = (reason for walker in walkers.values() for view in walker.views.values() for reason in view.uncertain)
+    walk.uncertain[requirement.name] = tuple(dict.fromkeys(reasons))
     return results
 
 
@@ -878,12 +921,12 @@ def _main_filter(results: Sequence[_HookResult]) -> _HookResult:
     return next((r for r in results if r.path.table.name == 'filter' and not r.path.table.native), results[0])
 
 
-def _combine_accept(requirement: Requirement, results: Sequence[_HookResult]) -> RequirementResult:
+def _combine_accept(requirement: Requirement, results: Sequence[_HookResult], uncertain: Tuple[str, ...]) -> RequirementResult:
     status = max(result.status for result in results)
     decisive = next((r for r in results if r.status is status and status is Status.FAIL), _main_filter(results))
     deviations = tuple(d for result in results for d in result.deviations)
     fixes = tuple(dict.fromkeys(_accept_fix(requirement, r) for r in results if r.status is not Status.PASS))
-    return _requirement_result(requirement, status, decisive, deviations, fixes)
+    return _requirement_result(requirement, status, decisive, deviations, fixes, uncertain)
 
 
 def _commands(fixes: Sequence[Fix]) -> Tuple[str, ...]:
@@ -891,15 +934,25 @@ def _commands(fixes: Sequence[Fix]) -> Tuple[str, ...]:
 
 
 def _requirement_result(
-    requirement: Requirement, status: Status, decisive: _HookResult, deviations: Tuple[Deviation, ...], fixes: Tuple[Fix, ...]
+    requirement: Requirement,
+    status: Status,
+    decisive: _HookResult,
+    deviations: Tuple[Deviation, ...],
+    fixes: Tuple[Fix, ...],
+    uncertain: Tuple[str, ...] = (),
 ) -> RequirementResult:
     explanation = _explain(status, decisive, deviations)
+    if status is not Status.PASS and uncertain:
+        explanation += '; rules whose ipsets are not known were taken to match part of the packets ({})'.format('; '.join(uncertain))
     return RequirementResult(
-        requirement.name, status, explanation, decisive.deciding, decisive.verdict, deviations, _commands(fixes), fixes
+        requirement.name, status, explanation, decisive.deciding, decisive.verdict, deviations, _commands(fixes), fixes,
+        uncertain if status is not Status.PASS else (),
     )
 
 
-def _combine_deny(rule: ComplianceRule, requirement: Requirement, results: Sequence[_HookResult], sources: Sequence[Source]) -> RequirementResult:
+def _combine_deny(
+    rule: ComplianceRule, requirement: Requirement, results: Sequence[_HookResult], sources: Sequence[Source], uncertain: Tuple[str, ...]
+) -> RequirementResult:
     status = min(result.status for result in results)
     if status is Status.FAIL:
         decisive = _main_filter(results)
@@ -909,16 +962,16 @@ def _combine_deny(rule: ComplianceRule, requirement: Requirement, results: Seque
     fixes: Tuple[Fix, ...] = ()
     if status is not Status.PASS:
         fixes = (_deny_fix(rule, results, sources),)
-    return _requirement_result(requirement, status, decisive, deviations, fixes)
+    return _requirement_result(requirement, status, decisive, deviations, fixes, uncertain)
 
 
 def _evaluate_requirement_effective(rule: ComplianceRule, requirement: Requirement, sources: Sequence[Source], walk: _Walk) -> RequirementResult:
-    packets = requirement.packet_class(rule.loopback)
-    paths = _path(requirement, rule.family, packets, sources)
+    packets, paths = entry_class(rule, requirement, sources, walk)
     results = _walk_path(requirement, packets, paths, walk) or [_nothing_on_the_path(requirement, requirement.required)]
+    uncertain = walk.uncertain.get(requirement.name, ())
     if requirement.required == DENY:
-        return _combine_deny(rule, requirement, results, sources)
-    return _combine_accept(requirement, results)
+        return _combine_deny(rule, requirement, results, sources, uncertain)
+    return _combine_accept(requirement, results, uncertain)
 
 
 # --- literal mode (spec section 3) ---------------------------------------------------------------

@@ -18,6 +18,7 @@ from .config import LEGACY, Options
 from .evaluator import (
     EFFECTIVE,
     Source,
+    entry_class,
     Unevaluable,
     _PART_VERDICT_TARGETS,
     _VERDICT_TARGETS,
@@ -28,7 +29,6 @@ from .evaluator import (
     _evaluate_requirement_literal,
     _flatten,
     _HookResult,
-    _path,
     _PathChain,
     _Summary,
     _synproxy,
@@ -177,8 +177,7 @@ def _walk_lines(rule: ComplianceRule, requirement: Requirement, sources: Sequenc
     result = _evaluate_requirement_effective(rule, requirement, sources, _Walk())
     # The same walk again, traced: the chain results the requirement was combined from (the deny
     # requirement may walk the path twice; the last walk's results are the ones returned).
-    packets = requirement.packet_class(rule.loopback)
-    paths = _path(requirement, rule.family, packets, sources)
+    packets, paths = entry_class(rule, requirement, sources, _Walk())
     trace: List[Tuple[_HookResult, PacketClass, _ChainWalker]] = []
     final = _walk_path(requirement, packets, paths, _Walk(None, trace=trace))
     traced = {id(entry[0]): entry for entry in trace}

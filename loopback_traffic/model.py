@@ -76,11 +76,32 @@ class Option:
 
 
 @dataclass(frozen=True, slots=True)
+class SetContents:
+    """What the ipset a ``-m set`` match names held when the rules were read, as the match compares
+    it with a packet: ``dimensions`` are (kind, direction) pairs, kind ``net`` (an address or
+    network), ``iface``, ``port``, ``mark``, ``mac``, direction ``src`` or ``dst``; each member has one
+    value per dimension (``''`` where the value cannot be compared with a packet class).
+    ``exceptions`` are the ``nomatch`` members. A ``list:set`` has its member sets in ``subsets``.
+    ``unknown`` says why the contents are not known (the match is then **some** of any class)."""
+
+    name: str
+    kind: str = ''  # the set's type: hash:net, list:set...
+    version: int = 0  # the addresses' IP version (0: any, a list:set)
+    dimensions: Tuple[Tuple[str, str], ...] = ()
+    members: Tuple[Tuple[str, ...], ...] = ()
+    exceptions: Tuple[Tuple[str, ...], ...] = ()
+    subsets: Tuple['SetContents', ...] = ()
+    unknown: str = ''
+
+
+@dataclass(frozen=True, slots=True)
 class Match:
-    """A built-in criterion (``module`` is empty, one option) or a ``-m module`` with its options."""
+    """A built-in criterion (``module`` is empty, one option) or a ``-m module`` with its options.
+    A ``set`` match carries the contents of its ipset where they were read (``contents``)."""
 
     module: str
     options: Tuple[Option, ...] = ()
+    contents: Optional[SetContents] = None
 
 
 # What a target is known to be. iptables text cannot tell ``-j NAME`` for a chain from an extension

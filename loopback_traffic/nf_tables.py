@@ -11,9 +11,12 @@ import functools
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, overload
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, overload
 
 from .model import RulesUnavailable
+
+if TYPE_CHECKING:
+    from .ipset_contents import SetsRead
 
 # nfgenmsg families (NFPROTO_*), and their names as nft writes them.
 NFPROTO_UNSPEC = 0
@@ -327,6 +330,8 @@ class KernelRuleset:
     rules: Mapping[Tuple[str, str, str], Tuple[KernelRule, ...]] = field(default_factory=dict)  # (family, table, chain)
     sets: Mapping[Tuple[str, str, str], KernelSet] = field(default_factory=dict)  # (family, table, set name)
     chain_names: FrozenSet[ChainKey] = frozenset()  # every chain, where ``chains`` holds the base chains only
+    # The ipsets that xtables set matches name, read when a rule first needs them (None: not read).
+    ipsets: Optional[Callable[[], 'SetsRead']] = field(default=None, compare=False)
 
     def chains_of(self, family: str, table: str) -> Tuple[KernelChain, ...]:
         return tuple(chain for chain in self.chains if chain.family == family and chain.table == table)

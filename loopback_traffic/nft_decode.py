@@ -52,6 +52,7 @@ from .nf_tables import (
     be32_signed,
     string,
 )
+from .ipset_contents import SetsRead, resolve_rule
 from .render import render_rule
 
 DecodedRule = Union[Rule, Tuple[Rule, ...]]
@@ -107,7 +108,7 @@ class DecodeCache:
         """Whether rules that are the same bytes mean the same: none of them looks up a set."""
         known = self._vouched.get(id(raw))
         if known is None or known[0] is not raw:
-            known = self._vouched[id(raw)] = (raw, not any(_SET_LOOKUP in rule.raw_expressions for rule in raw))
+            known = self._vouched[id(raw)] = (raw, not any(_looks_up_sets(rule.raw_expressions) for rule in raw))
         return known[1]
 
     def chain(self, key: Tuple[str, str, str, bool, bool], raw: Tuple[KernelRule, ...], decoding: '_Decoding') -> '_DecodedRules':
@@ -142,6 +143,13 @@ class DecodeCache:
 
 # How a lookup expression's name appears in NFTA_RULE_EXPRESSIONS.
 _SET_LOOKUP = b'lookup\x00'
+# How the compat match of an ipset (xt_set) appears there: NFTA_MATCH_NAME "set".
+_XT_SET = b'\x08\x00\x01\x00set\x00'
+
+
+def _looks_up_sets(raw: bytes) -> bool:
+    """Whether what the rule means depends on a set's contents besides its bytes."""
+    return _SET_LOOKUP in raw or _XT_SET in raw
 
 
 def _with_handle(decoded: DecodedRule, handle: int) -> DecodedRule:
@@ -216,15 +224,24 @@ class _Chains(Mapping[str, Chain]):
         except KeyError:
             return None
         cache = self._decoding.cache
-        vouched = cache.vouched(found) if cache is not None else not any(_SET_LOOKUP in rule.raw_expressions for rule in found)
+        vouched = cache.vouched(found) if cache is not None else not any(_looks_up_sets(rule.raw_expressions) for rule in found)
         return found if vouched else None
 
 
 class _Decoding:
     """How the rules of one table are decoded, and what is known of them before."""
 
-    def __init__(self, sets: Mapping[str, KernelSet], family: str, table: str, iptables: bool, cache: Optional[DecodeCache]) -> None:
+    def __init__(
+        self,
+        sets: Mapping[str, KernelSet],
+        family: str,
+        table: str,
+        iptables: bool,
+        cache: Optional[DecodeCache],
+        ipsets: Optional[Callable[[], SetsRead]] = None,
+    ) -> None:
         self.sets = sets
+        self.ipsets = ipsets
         self.family = family
         self.table = table
         self.iptables = iptables
@@ -234,8 +251,16 @@ class _Decoding:
 
     def decode(self, raw: KernelRule) -> DecodedRule:
         if self.cache is not None:
-            return self.cache.decode(raw, self.sets, self.family, self.iptables)
-        return decode_rule(raw, self.sets, self.family, iptables=self.iptables)
+            decoded = self.cache.decode(raw, self.sets, self.family, self.iptables)
+        else:
+            decoded = decode_rule(raw, self.sets, self.family, iptables=self.iptables)
+        if _XT_SET not in raw.raw_expressions:
+            return decoded
+        # The decoded rule names the ipset by its index; what it means is the set's contents now.
+        ipsets = self.ipsets() if self.ipsets is not None else None
+        if isinstance(decoded, tuple):
+            return tuple(resolve_rule(rule, ipsets) for rule in decoded)
+        return resolve_rule(decoded, ipsets)
 
     def leading(self, raw: KernelRule) -> Optional[Tuple[Match, ...]]:
         if self.version is None:
@@ -284,6 +309,8 @@ class _DecodedRules(Sequence[Rule]):
         # For the walk's own use, as long as these rules are unchanged (what it knows of them).
         self.walk_memo: Optional[Dict[Any, Any]] = {} if decoding.shortcuts else None
         for raw in raw_rules:
+            if _XT_SET in raw.raw_expressions:
+                self.reusable = False
             if _SET_LOOKUP in raw.raw_expressions:
                 self.reusable = False
                 decoded = decoding.decode(raw)
@@ -323,7 +350,7 @@ def _decode_table(kernel: KernelRuleset, name: str, family: str, dormant: bool, 
     kernel_chains = kernel.chains_of(family, name)
     iptables = is_iptables_table(family, name, kernel_chains)
     sets = MappingProxyType({key[2]: found for key, found in kernel.sets.items() if key[0] == family and key[1] == name})
-    decoding = _Decoding(sets, family, name, iptables, cache)
+    decoding = _Decoding(sets, family, name, iptables, cache, kernel.ipsets)
     if not shortcuts:
         decoding.shortcuts, decoding.version = False, None
     base: Dict[str, Chain] = {}
@@ -539,7 +566,7 @@ _CT_FIELDS: Mapping[int, _Field] = {
     10: _Field('generic', 'ct protocol'),
     11: _Field('generic', 'ct proto-src'),
     12: _Field('generic', 'ct proto-dst'),
-    17: _Field('generic', 'ct zone', order=_NATIVE),
+    17: _Field('ctzone', 'ct zone', size=2, order=_NATIVE),
 }
 _CT_KEY_LENGTHS: Mapping[int, int] = {6: 16, 8: 16, 9: 16, 13: 16, 14: 8, 15: 8, 16: 8, 21: 16, 22: 16}
 _CT_KEY_NAMES: Mapping[int, str] = {4: 'secmark', 8: 'src', 9: 'dst', 13: 'label', 14: 'packets', 15: 'bytes', 16: 'avgpkt',
@@ -827,6 +854,9 @@ def _cmp_match(decoder: _RuleDecoder, value: _Value, op: int, data: bytes) -> Tu
         mark = _mark_text(_int(data, field.order), mask)
         module = 'mark' if kind == 'mark' else 'connmark'
         return Match(module, (Option('--mark', (mark,), negated),)), '{} {}{}'.format(field.name, text_op, mark)
+    if kind == 'ctzone' and value.mask is None and len(data) == 2:
+        zone = str(_int(data, field.order))
+        return Match('ctzone', (Option('--zone', (zone,), negated),)), '{} {}{}'.format(field.name, text_op, zone)
     if kind == 'pkttype' and value.mask is None and len(data) == 1:
         name = _PACKET_TYPES.get(data[0], str(data[0]))
         return Match('pkttype', (Option('--pkt-type', (name,), negated),)), 'pkttype {}{}'.format(text_op, name)
@@ -932,6 +962,8 @@ def _exact_keys_criterion(field: _Field, keys: List[bytes], negated: bool) -> Op
     if kind == 'ctstate':
         states = _flag_names(sum({_int(key, field.order) for key in keys}), _NFT_CT_STATES)
         return Match('conntrack', (Option('--ctstate', (states,), negated),))
+    if kind == 'ctzone':
+        return Match('ctzone', (Option('--zone', tuple(str(_int(key, field.order)) for key in keys), negated),))
     if kind in ('mark', 'ctmark'):
         module = 'mark' if kind == 'mark' else 'connmark'
         return Match(module, (Option('--mark', tuple(_hex(_int(key, field.order)) for key in keys), negated),))
@@ -1485,6 +1517,10 @@ def _u32(data: bytes, offset: int) -> int:
     return int(struct.unpack_from('=I', data, offset)[0])
 
 
+def _u64(data: bytes, offset: int) -> int:
+    return int(struct.unpack_from('=Q', data, offset)[0])
+
+
 def _m_comment(info: bytes, revision: int, version: int) -> Match:
     return Match('comment', (Option('--comment', (_c_string(info[:256]),)),))
 
@@ -1659,7 +1695,29 @@ def _m_set(info: bytes, revision: int, version: int) -> Match:
         index, dimension, flags_byte = struct.unpack_from('=HBB', info, 0)
         directions = ','.join('src' if flags_byte & (1 << bit) else 'dst' for bit in range(1, dimension + 1)) or 'src'
         inverted = bool(flags_byte & 1)  # IPSET_INV_MATCH
-    return Match('set', (Option('--match-set', ('#{}'.format(index), directions), inverted),))
+    options = (Option('--match-set', ('#{}'.format(index), directions), inverted),)
+    return Match('set', options + (_set_match_options(info, revision) if revision >= 3 and len(info) >= 44 else ()))
+
+
+# ipset's counter comparisons (IPSET_COUNTER_*): the option and whether it is negated.
+_SET_COUNTER_OPS: Mapping[int, Tuple[str, bool]] = MappingProxyType({1: ('eq', False), 2: ('eq', True), 3: ('lt', False), 4: ('gt', False)})
+# Flags of the match (IPSET_FLAG_*) that are options: skip counter updates, return nomatch.
+_SET_MATCH_FLAGS = ((1 << 3, Option('--update-counters', (), True)), (1 << 4, Option('--update-subcounters', (), True)),
+                    (1 << 7, Option('--return-nomatch')))
+
+
+def _set_match_options(info: bytes, revision: int) -> Tuple[Option, ...]:
+    """xt_set_info_match_v3/v4: the packets and bytes counter comparisons, then the flags. v3 puts
+    each comparison's operator before its value, v4 after it (both 16 bytes from offset 8)."""
+    found: List[Option] = []
+    for name, start in (('packets', 8), ('bytes', 24)):
+        op, value = (info[start + 8], _u64(info, start)) if revision >= 4 else (info[start], _u64(info, start + 8))
+        if op in _SET_COUNTER_OPS:
+            comparison, negated = _SET_COUNTER_OPS[op]
+            found.append(Option('--{}-{}'.format(name, comparison), (str(value),), negated))
+    flags = _u32(info, 40)
+    found.extend(option for bit, option in _SET_MATCH_FLAGS if flags & bit)
+    return tuple(found)
 
 
 def _m_pkttype(info: bytes, revision: int, version: int) -> Match:

@@ -16,6 +16,7 @@ from .config import LEGACY, NFT, Options
 from .evaluator import Source, evaluate
 from .model import Ruleset
 from .nf_tables import KernelRuleset
+from .ipset_contents import with_sets
 from .nft_decode import DecodeCache, decode_tables
 from .parser import EVALUATED_TABLES, ParseError, parse_ruleset
 from .remedies import in_manager_language
@@ -117,7 +118,8 @@ def _unknown(rule: ComplianceRule, options: Options, error: str) -> RuleResult:
 
 def _parse(collected: Collected) -> Ruleset:
     try:
-        return parse_ruleset(collected.text, tables=EVALUATED_TABLES)
+        parsed = parse_ruleset(collected.text, tables=EVALUATED_TABLES)
+        return with_sets(parsed, collected.sets) if collected.sets is not None else parsed
     except ParseError as error:
         raise CollectionError('unparseable output of {}: {}'.format(collected.origin, error))
 

@@ -717,6 +717,7 @@ def _position(position: Optional[Position]) -> Optional[Dict[str, Any]]:
         'position': position.index,
         'text': position.text,
         'line': position.line or None,
+        'unknown_sets': list(position.uncertain),
     }
 
 
@@ -774,6 +775,7 @@ def _requirement_json(part: _Part, r: RequirementResult) -> Dict[str, Any]:
             for m in (applied.waived_in(r.requirement) if applied is not None else ())
         ],
         'remediation': list(r.remediation),
+        'unknown_sets': list(r.uncertain),
     }
 
 

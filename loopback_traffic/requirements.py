@@ -94,20 +94,23 @@ class PacketClass:
     mark: Bits = NO_BITS
     ctmark: Bits = NO_BITS
     conntrack: str = CT_UNKNOWN
+    zone: Bits = NO_BITS  # the conntrack zone (16 bits), set by a CT template before conntrack
 
     @property
     def stateless(self) -> 'PacketClass':
         """The class without what earlier rules set (what it is at the start of its path)."""
-        if self.mark is NO_BITS and self.ctmark is NO_BITS and self.conntrack == CT_UNKNOWN:
+        if self.mark is NO_BITS and self.ctmark is NO_BITS and self.conntrack == CT_UNKNOWN and self.zone is NO_BITS:
             return self
-        return replace(self, mark=NO_BITS, ctmark=NO_BITS, conntrack=CT_UNKNOWN)
+        return replace(self, mark=NO_BITS, ctmark=NO_BITS, conntrack=CT_UNKNOWN, zone=NO_BITS)
 
     def meet(self, other: 'PacketClass') -> 'PacketClass':
         """What is known of the packets of two ways that join (the same addresses and interfaces)."""
         if other == self:
             return self
         conntrack = self.conntrack if self.conntrack == other.conntrack else CT_UNKNOWN
-        return replace(self, mark=self.mark.meet(other.mark), ctmark=self.ctmark.meet(other.ctmark), conntrack=conntrack)
+        return replace(
+            self, mark=self.mark.meet(other.mark), ctmark=self.ctmark.meet(other.ctmark), conntrack=conntrack, zone=self.zone.meet(other.zone)
+        )
 
 
 # The hooks of the packet path (nft's names).

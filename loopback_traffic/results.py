@@ -31,6 +31,8 @@ class Position:
     ruleset: str = ''  # which ruleset, when several are evaluated ('legacy'); '' for the main one
     line: int = field(default=0, compare=False)  # where in the collected text; not part of the position
     handle: int = field(default=0, compare=False)  # the nf_tables rule handle, where the kernel was read
+    # Why the rule's match is only known to hold for part of the class: ipsets whose contents are not known.
+    uncertain: Tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def is_policy(self) -> bool:
@@ -43,7 +45,8 @@ class Position:
         if self.index is None:
             return '{} {}'.format(where, self.text)
         handle = ' (handle {})'.format(self.handle) if self.handle else ''
-        return '{} rule {}{}: {}'.format(where, self.index, handle, self.text)
+        uncertain = ' ({})'.format('; '.join(self.uncertain)) if self.uncertain else ''
+        return '{} rule {}{}: {}{}'.format(where, self.index, handle, self.text, uncertain)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class RequirementResult:
     deviations: Tuple[Deviation, ...] = ()
     remediation: Tuple[str, ...] = ()  # the commands of ``fixes``
     fixes: Tuple[Fix, ...] = ()
+    # Why rules on the walk were taken to match only part of the class: ipsets whose contents are not known.
+    uncertain: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

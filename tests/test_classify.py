@@ -40,7 +40,7 @@ def rule(criteria, target='ACCEPT', chain='INPUT'):
 
 
 def test_the_modules_are_one_table():
-    assert {'', 'comment', 'addrtype', 'rpfilter', 'physdev', 'mark', 'connmark', 'conntrack', 'state'} <= set(MODULES)
+    assert {'', 'comment', 'addrtype', 'rpfilter', 'physdev', 'mark', 'connmark', 'conntrack', 'state', 'set'} <= set(MODULES)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_the_modules_are_one_table():
         ('-m mark --mark 0x1', LO_IN, SOME),
         ('-m connmark --mark 0x1', LO_IN, SOME),
         ('-m conntrack --ctstate UNTRACKED', SPOOF, SOME),
-        ('-m set --match-set lo src', LO_IN, SOME),  # ipset contents are not read here
+        ('-m set --match-set lo src', LO_IN, SOME),  # a set whose contents were not read with the rules
         ('-m frobnicate --level 3', LO_IN, SOME),
     ],
 )
@@ -143,6 +143,29 @@ def test_notrack_makes_the_state_untracked_only_before_conntrack():
     assert classify(rule('-m connmark --mark 0x1'), untracked) is NONE
     # Packets already tracked (lo input: on their way out) are left as they were.
     assert after(notrack, ALL, V4[LO_IN]) == V4[LO_IN]
+
+
+def _zone_match(*values, negated=False):
+    return Rule('INPUT', (Match('ctzone', (Option('--zone', values, negated),)),), Target('DROP'))
+
+
+def test_a_ct_zone_set_before_conntrack_makes_zone_matches_decidable():
+    unattached = replace(V4[SPOOF], conntrack=CT_UNATTACHED)
+    zoned = after(rule('', 'CT --zone 5'), ALL, unattached)
+    assert classify(_zone_match('5'), zoned) is ALL
+    assert classify(_zone_match('1', '5'), zoned) is ALL
+    assert classify(_zone_match('5', negated=True), zoned) is NONE
+    assert classify(_zone_match('6'), zoned) is NONE
+    assert classify(_zone_match('5'), unattached) is SOME  # no template: the zone is not known
+    assert after(rule('', 'CT --zone-orig 7'), ALL, unattached).zone.test(7, 0xFFFF) is True
+    assert after(rule('', 'CT --zone mark'), ALL, unattached).zone.known == 0
+    # Set for part of the class, or on packets already tracked: not known.
+    part = rule('-p udp', 'CT --zone 5')
+    assert classify(_zone_match('5'), after(part, classify(part, unattached), unattached)) is SOME
+    assert after(rule('', 'CT --zone 5'), ALL, V4[LO_IN]) == V4[LO_IN]
+    # Untracked packets have no connection: the native expression never matches.
+    untracked = after(rule('', 'CT --notrack'), ALL, unattached)
+    assert classify(_zone_match('5'), untracked) is NONE and classify(_zone_match('5', negated=True), untracked) is NONE
 
 
 def test_coverage_along_the_source_address():

@@ -727,3 +727,36 @@ def test_literal_ipv6_and_its_fix():
     drop = evaluate_text(filter_table('-A INPUT -i lo -j ACCEPT'), family='ipv6', mode=LITERAL).requirement(INPUT_DROP_LOOPBACK_SOURCE)
     assert drop.status is FAIL
     assert drop.remediation == ('ip6tables -I INPUT 2 -s ::1/128 -j DROP',)
+
+
+# --- the lo input class carries what the output path set (its packets were sent through lo) --------
+
+_LO_ACCEPTS = ('-A INPUT -i lo -j ACCEPT', '-A OUTPUT -o lo -j ACCEPT')
+
+
+@pytest.mark.parametrize(
+    'before, criteria, expected',
+    [
+        (table('mangle', ['-A OUTPUT -o lo -j MARK --set-xmark 0x8000/0x8000']), '-m mark --mark 0x8000/0x8000', Status.FAIL),
+        (table('mangle', ['-A POSTROUTING -j MARK --set-xmark 0x8000/0x8000']), '-m mark --mark 0x8000/0x8000', Status.FAIL),
+        (table('mangle', ['-A OUTPUT -o lo -j MARK --set-xmark 0x0/0x8000']), '-m mark --mark 0x8000/0x8000', Status.PASS),
+        (table('mangle', ['-A OUTPUT -p udp -j MARK --set-xmark 0x8000/0x8000']), '-m mark --mark 0x8000/0x8000', Status.PARTIAL),
+        (table('raw', ['-A OUTPUT -j CT --notrack']), '-m conntrack --ctstate UNTRACKED', Status.FAIL),
+        (table('raw', ['-A OUTPUT -j CT --notrack']), '-m conntrack --ctstate NEW,ESTABLISHED', Status.PASS),
+        ('', '-m mark --mark 0x8000/0x8000', Status.PARTIAL),
+    ],
+)
+def test_the_lo_input_class_keeps_what_the_output_path_set(before, criteria, expected):
+    result = evaluate_text(before + filter_table('-A INPUT {} -j DROP'.format(criteria), *_LO_ACCEPTS))
+    accept = result.requirement(INPUT_ACCEPT_LO)
+    assert accept.status is expected
+    assert accept.deciding.index == (1 if expected is Status.FAIL else 2)
+
+
+def test_a_drop_on_the_output_path_does_not_change_what_the_input_path_is_judged_on():
+    text = table('mangle', ['-A OUTPUT -o lo -j MARK --set-xmark 0x8000/0x8000']) + filter_table(
+        '-A INPUT -m mark --mark 0x8000/0x8000 -j DROP', '-A INPUT -i lo -j ACCEPT', '-A OUTPUT -o lo -j DROP'
+    )
+    result = evaluate_text(text)
+    assert result.requirement(OUTPUT_ACCEPT_LO).status is Status.FAIL
+    assert result.requirement(INPUT_ACCEPT_LO).status is Status.FAIL

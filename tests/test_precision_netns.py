@@ -162,12 +162,14 @@ def nft_file(ns, text):
     ns.run(['nft', '-f', '-'], input=text, check=True)
 
 
-def test_native_meta_mark_set_then_matched_in_a_later_chain(netns):
+@pytest.mark.parametrize('setting', ['type filter hook prerouting priority -150', 'type route hook output priority -150'])
+def test_native_meta_mark_set_then_matched_in_a_later_chain(netns, setting):
+    """Set in prerouting, or on the way out (lo input packets were sent through lo), and dropped on input."""
     require_tools('nft')
     nft_file(
         netns,
-        'table inet t {\n chain pre {\n  type filter hook prerouting priority -150;\n  meta mark set 0x8000\n }\n'
-        ' chain in {\n  type filter hook input priority 0;\n  meta mark 0x8000 drop\n  iif lo accept\n }\n}\n',
+        'table inet t {{\n chain pre {{\n  {};\n  meta mark set 0x8000\n }}\n'
+        ' chain in {{\n  type filter hook input priority 0;\n  meta mark 0x8000 drop\n  iif lo accept\n }}\n}}\n'.format(setting),
     )
     assert not probe_loopback(netns, 'ipv4', 'udp')
     result = judged(netns, 'auto')
@@ -185,3 +187,44 @@ def test_native_fib_reverse_path_drop(netns_pair):
     assert status(result, INPUT_DROP_LOOPBACK_SOURCE) is PASS
     assert where(result, INPUT_DROP_LOOPBACK_SOURCE) == ('inet t', 'pre', 1)
     assert status(result, INPUT_ACCEPT_LO) is PASS
+
+
+@pytest.mark.parametrize('collection', COLLECTIONS)
+@pytest.mark.parametrize(
+    'setting, criteria',
+    [
+        (('mangle', '-A OUTPUT -o lo -j MARK --set-xmark 0x8000/0x8000'), '-m mark --mark 0x8000/0x8000'),
+        (('raw', '-A OUTPUT -j CT --notrack'), '-m conntrack --ctstate UNTRACKED'),
+    ],
+)
+def test_what_the_output_path_sets_reaches_the_lo_input_path(netns, collection, setting, criteria):
+    """A packet arriving on lo was sent through lo: the mark (or notrack) set on its way out is what
+    the input chains see."""
+    text = table(setting[0], [setting[1]]) + filter_table('-A INPUT {} -j DROP'.format(criteria), '-A INPUT -i lo -j ACCEPT', '-A OUTPUT -o lo -j ACCEPT')
+    netns.restore(text, 'ipv4')
+    assert not probe_loopback(netns, 'ipv4', 'udp')
+    result = judged(netns, collection)
+    assert status(result, INPUT_ACCEPT_LO) is FAIL
+    assert where(result, INPUT_ACCEPT_LO) == ('filter', 'INPUT', 1)
+    assert status(result, OUTPUT_ACCEPT_LO) is PASS
+
+
+def test_a_native_ct_zone_set_on_the_output_path_is_matched_on_the_lo_input_path(netns):
+    """`ct zone set` before conntrack puts every lo connection in zone 3; `ct zone 3 drop` on input
+    then drops all traffic arriving on lo."""
+    require_tools('nft')
+    nft_file(
+        netns,
+        'table inet t {\n chain out {\n  type filter hook output priority -300;\n  ct zone set 3\n }\n'
+        ' chain in {\n  type filter hook input priority 0;\n  ct zone 3 drop\n  iif lo accept\n }\n}\n',
+    )
+    assert not probe_loopback(netns, 'ipv4', 'udp')
+    result = judged(netns, 'auto')
+    assert status(result, INPUT_ACCEPT_LO) is FAIL
+    assert where(result, INPUT_ACCEPT_LO) == ('inet t', 'in', 1)
+    netns.run(['nft', 'flush', 'chain', 'inet', 't', 'out'], check=True)
+    netns.run(['nft', 'add', 'rule', 'inet', 't', 'out', 'ct', 'zone', 'set', '4'], check=True)
+    assert probe_loopback(netns, 'ipv4', 'udp')
+    result = judged(netns, 'auto')
+    assert status(result, INPUT_ACCEPT_LO) is PASS
+    assert where(result, INPUT_ACCEPT_LO) == ('inet t', 'in', 2)
