@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .__about__ import __version__
 from .pipeline import Outcome
-from .report import CRITICAL, OK, STATUS_NAMES, WARNING, printable, service_check_status, status_code
+from .report import CRITICAL, OK, STATUS_NAMES, WARNING, describe_position, explanation, printable, service_check_status, status_code
 from .requirements import REQUIREMENTS, RULE_NAMES, rule_named
 from .results import Position, RequirementResult, Status
 
@@ -50,7 +50,7 @@ def _requirement_names(outcome: Outcome) -> List[str]:
 
 def _where(position: Position, files: Mapping[str, str], family: str) -> str:
     """``filter INPUT rule 1: -A INPUT ...``, with the line of the file where one was judged."""
-    text = position.describe()
+    text = describe_position(position)
     path = files.get(family)
     if path is not None and not position.ruleset and position.line:
         text += ' ({} line {})'.format(path, position.line)
@@ -109,16 +109,16 @@ def _suite(outcome: Outcome, partial: str, files: Mapping[str, str]) -> Tuple[ET
             _element(case, 'skipped', message=not_applicable_hint(outcome))
         elif requirement is None or requirement.status is Status.UNKNOWN:
             counts['errors'] += 1
-            error = result.error or (requirement.explanation if requirement is not None else 'not evaluated')
+            error = result.error or (explanation(requirement) if requirement is not None else 'not evaluated')
             _element(case, 'error', '{} could not be evaluated: {}'.format(rule.name, error), type='UNKNOWN', message=error)
         else:
             status = requirement_status(requirement, partial)
-            text = '\n'.join(['{} ({}): {}'.format(name, _WORDS[requirement.status], requirement.explanation)] + _details(requirement, files, rule.family))
+            text = '\n'.join(['{} ({}): {}'.format(name, _WORDS[requirement.status], explanation(requirement))] + _details(requirement, files, rule.family))
             if status == OK:
                 _element(case, 'system-out', text)
             else:
                 counts['failures'] += 1
-                _element(case, 'failure', text, type=STATUS_NAMES[status], message=requirement.explanation)
+                _element(case, 'failure', text, type=STATUS_NAMES[status], message=explanation(requirement))
     suite.attrib.update(
         {'name': '{} ({}, {})'.format(rule.name, rule.family, rule.rule_id), **{k: str(v) for k, v in counts.items()}, 'time': _seconds(outcome.duration)}
     )
@@ -200,7 +200,7 @@ def _fingerprint(rule_id: str, position: Position) -> str:
 
 
 def _message(requirement: RequirementResult, rule_name: str) -> str:
-    text = '{} {} ({}): {}'.format(rule_name, requirement.requirement, _WORDS[requirement.status], requirement.explanation)
+    text = '{} {} ({}): {}'.format(rule_name, requirement.requirement, _WORDS[requirement.status], explanation(requirement))
     if requirement.remediation:
         text += '. Fix: ' + '; '.join(requirement.remediation)
     return printable(text)
@@ -246,7 +246,7 @@ def sarif_document(outcomes: Sequence[Outcome], partial: str, files: Mapping[str
             rule_id = _rule_id(outcome, requirement.requirement)
             if requirement.status is Status.UNKNOWN:
                 notifications.append(
-                    {'level': 'error', 'message': {'text': printable(requirement.explanation)}, 'descriptor': {'id': rule_id}}
+                    {'level': 'error', 'message': {'text': printable(explanation(requirement))}, 'descriptor': {'id': rule_id}}
                 )
                 continue
             position = requirement.deciding or _fallback_position(requirement.requirement)
@@ -256,7 +256,7 @@ def sarif_document(outcomes: Sequence[Outcome], partial: str, files: Mapping[str
                 'ruleIndex': index[rule_id],
                 'level': _level(status),
                 'message': {'text': _message(requirement, rule.name)},
-                'locations': [_location(position, files, rule.family, cwd, 'deciding: ' + position.describe())],
+                'locations': [_location(position, files, rule.family, cwd, 'deciding: ' + describe_position(position))],
                 'partialFingerprints': {'loopbackTrafficRule/v1': _fingerprint(rule_id, position)},
                 'properties': {
                     'rule': rule.name,
@@ -267,7 +267,7 @@ def sarif_document(outcomes: Sequence[Outcome], partial: str, files: Mapping[str
                 },
             }
             related = [
-                dict(_location(d.where, files, rule.family, cwd, 'part {} by {}'.format(d.verdict, d.where.describe())), id=number)
+                dict(_location(d.where, files, rule.family, cwd, 'part {} by {}'.format(d.verdict, describe_position(d.where))), id=number)
                 for number, d in enumerate(requirement.deviations, 1)
             ]
             if related:

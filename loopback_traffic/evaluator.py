@@ -5,8 +5,8 @@ chain is scanned once forwards for the class it is entered with (what the packet
 are known to be: marks and conntrack state that earlier rules and chains set for all of them, the
 part of the source network earlier rules did not take) and summarised once backwards, from its last
 rule to its first, so the work is linear in the number of rules whatever the jumps, gotos and RETURNs.
-The results are data (deciding rule, deviations, fixes as :class:`.results.Fix`); the text fields
-``explanation`` and ``remediation`` are kept for the report until it writes its own words.
+The results are data (what the result rests on, deciding rule, deviations, fixes as
+:class:`.results.Fix` with their commands in ``remediation``); the report words them.
 """
 from __future__ import annotations
 
@@ -44,7 +44,20 @@ from .requirements import (
     Requirement,
     requirement_named,
 )
-from .results import SYNPROXY_PART, Deviation, Fix, Insertion, Position, RequirementResult, RuleResult, Status
+from .results import (
+    ABSENT,
+    DECIDED,
+    NOT_FIRST,
+    PRESENT,
+    SYNPROXY_PART,
+    Deviation,
+    Fix,
+    Insertion,
+    Position,
+    RequirementResult,
+    RuleResult,
+    Status,
+)
 
 EFFECTIVE = 'effective'
 LITERAL = 'literal'
@@ -69,7 +82,6 @@ _PART_VERDICT_TARGETS = {'SYNPROXY': (DENY, SYNPROXY_PART)}
 # Targets that end or leave the walk and are never chains.
 _WALK_TARGETS = frozenset(_VERDICT_TARGETS) | {'RETURN'}
 _POLICY_VERDICTS = {'ACCEPT': ACCEPT, 'DROP': DENY}
-_VERDICT_WORDS = {ACCEPT: 'accepted', DENY: 'dropped', QUEUE: 'queued to user space'}
 
 
 @dataclass(frozen=True)
@@ -901,21 +913,6 @@ def _deny_fix(rule: ComplianceRule, results: Sequence[_HookResult], sources: Seq
     return _drop_fix(rule, main, main.ruleset.chain('filter', 'INPUT'))
 
 
-def _describe(result: _HookResult) -> str:
-    return '{} by {}'.format(_VERDICT_WORDS.get(result.verdict, result.verdict), result.deciding.describe())
-
-
-def _explain(status: Status, decisive: _HookResult, deviations: Sequence[Deviation]) -> str:
-    text = _describe(decisive)
-    if status is Status.PARTIAL and deviations:
-        first = deviations[0]
-        more = ' (and {} more)'.format(len(deviations) - 1) if len(deviations) > 1 else ''
-        text += '; but part of it is {} by {}{}'.format(
-            _VERDICT_WORDS.get(first.verdict, first.verdict), first.where.describe(), more
-        )
-    return text
-
-
 def _main_filter(results: Sequence[_HookResult]) -> _HookResult:
     """The result shown when no chain stands out: iptables' filter chain, else the first."""
     return next((r for r in results if r.path.table.name == 'filter' and not r.path.table.native), results[0])
@@ -941,11 +938,8 @@ def _requirement_result(
     fixes: Tuple[Fix, ...],
     uncertain: Tuple[str, ...] = (),
 ) -> RequirementResult:
-    explanation = _explain(status, decisive, deviations)
-    if status is not Status.PASS and uncertain:
-        explanation += '; rules whose ipsets are not known were taken to match part of the packets ({})'.format('; '.join(uncertain))
     return RequirementResult(
-        requirement.name, status, explanation, decisive.deciding, decisive.verdict, deviations, _commands(fixes), fixes,
+        requirement.name, status, DECIDED, decisive.deciding, decisive.verdict, deviations, _commands(fixes), fixes,
         uncertain if status is not Status.PASS else (),
     )
 
@@ -1022,11 +1016,11 @@ def _evaluate_requirement_literal(rule: ComplianceRule, requirement: Requirement
     main = sources[0]
     at_the_top = Fix((Insertion(main.command, 'filter', literal.chain, 1, literal.criteria(rule.loopback)),))
     if found is not None and blocker is None:
-        return RequirementResult(requirement.name, Status.PASS, 'present: {}'.format(found.describe()), found)
+        return RequirementResult(requirement.name, Status.PASS, PRESENT, found, literal=wanted)
     if blocker is not None:
-        explanation = '{} is not before every rule that drops its traffic: {}'.format(wanted, blocker.describe())
-        return RequirementResult(requirement.name, Status.FAIL, explanation, blocker, None, (), _commands((at_the_top,)), (at_the_top,))
-    explanation = 'no rule {} in table filter'.format(wanted)
+        return RequirementResult(
+            requirement.name, Status.FAIL, NOT_FIRST, blocker, None, (), _commands((at_the_top,)), (at_the_top,), literal=wanted
+        )
     fix = at_the_top
     if requirement.required == DENY:
         fix = _drop_fix(rule, main, main.ruleset.chain('filter', 'INPUT'))
@@ -1039,7 +1033,7 @@ def _evaluate_requirement_literal(rule: ComplianceRule, requirement: Requirement
                     Insertion(main.command, 'filter', literal.chain, 2, literal.criteria(rule.loopback)),
                 )
             )
-    return RequirementResult(requirement.name, Status.FAIL, explanation, None, None, (), _commands((fix,)), (fix,))
+    return RequirementResult(requirement.name, Status.FAIL, ABSENT, None, None, (), _commands((fix,)), (fix,), literal=wanted)
 
 
 # --- both modes ----------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from .evaluator import (
     Unevaluable,
     _PART_VERDICT_TARGETS,
     _VERDICT_TARGETS,
-    _VERDICT_WORDS,
     _ChainWalker,
     _check_incompatible,
     _evaluate_requirement_effective,
@@ -41,6 +40,7 @@ from .model import Chain, Rule, RulesUnavailable
 from .parser import ParseError
 from .nf_tables import KernelRuleset
 from .pipeline import InstanceState, _empty, _kernel_sources, _parse
+from .report import VERDICT_WORDS, describe_position, explanation
 from .requirements import DENY, ComplianceRule, Interfaces, PacketClass, Requirement, requirement_named
 from .results import Position, RequirementResult, RuleResult, Status
 from .saves import iptables_command
@@ -59,7 +59,7 @@ class Explanation:
 
 
 def _words(verdict: Optional[str]) -> str:
-    return _VERDICT_WORDS.get(verdict, verdict) if verdict else 'returned to the caller'
+    return VERDICT_WORDS.get(verdict, verdict) if verdict else 'returned to the caller'
 
 
 def _rule_text(rule: Rule) -> str:
@@ -154,7 +154,7 @@ class _Narrator:
         if position is None:
             return '?'
         if position.table != self.walker.table_name or position.chain != chain.name:
-            return position.describe()
+            return describe_position(position)
         return 'its policy' if position.is_policy else 'rule {}'.format(position.index)
 
 
@@ -202,7 +202,7 @@ def _walk_lines(rule: ComplianceRule, requirement: Requirement, sources: Sequenc
             lines.append('chain {} (table {}, hook {}): not walked: {}'.format(
                 path.chain.name, table_name(path.table), path.chain.base.hook if path.chain.base else '?', why))
     if not chain_results:
-        lines.append('no chain on the path of the class: {}'.format(result.explanation))
+        lines.append('no chain on the path of the class: {}'.format(explanation(result)))
     return lines, result
 
 
@@ -237,12 +237,12 @@ def explain(rule: ComplianceRule, requirement_name: str, sources: Sequence[Sourc
         lines.append('the walk stops: it nests too deeply')
     if evaluated.error is not None:
         if walked is not None:
-            lines.append('(this requirement alone would be {}: {})'.format(walked.status.name, walked.explanation))
+            lines.append('(this requirement alone would be {}: {})'.format(walked.status.name, explanation(walked)))
         lines.append('result: UNKNOWN: {}'.format(evaluated.error))
         return Explanation(requirement.name, '\n'.join(lines) + '\n', Status.UNKNOWN)
     result = evaluated.requirement(requirement.name)
     assert walked is not None and walked.status is result.status  # the same walk as the evaluator's
-    lines.append('result: {}: {}'.format(result.status.name, result.explanation))
+    lines.append('result: {}: {}'.format(result.status.name, explanation(result)))
     return Explanation(requirement.name, '\n'.join(lines) + '\n', result.status)
 
 

@@ -12,7 +12,7 @@ from . import waivers as waiver_rules
 from .applicability import Applicability
 from .pipeline import Outcome, RuleOutcome
 from .requirements import ACCEPT, DENY, QUEUE, REQUIREMENTS, ComplianceRule, RuleDefinition
-from .results import Deviation, Position, RequirementResult, RuleResult, Status
+from .results import ABSENT, NOT_FIRST, PRESENT, Deviation, Position, RequirementResult, RuleResult, Status
 from .waivers import Applied, Waiver
 
 NAMESPACE = 'loopback_traffic'
@@ -86,27 +86,48 @@ def _verdict(verdict: Optional[str]) -> str:
     return VERDICT_WORDS.get(verdict or '', verdict or 'decided')
 
 
+def describe_position(position: Position) -> str:
+    """``filter INPUT rule 3 (handle 12): -A INPUT ...``, ``filter INPUT policy DROP``."""
+    where = '{} {}'.format(position.table, position.chain)
+    if position.ruleset:
+        where = '{} ({} ruleset)'.format(where, position.ruleset)
+    if position.index is None:
+        return '{} {}'.format(where, position.text)
+    handle = ' (handle {})'.format(position.handle) if position.handle else ''
+    uncertain = ' ({})'.format('; '.join(position.uncertain)) if position.uncertain else ''
+    return '{} rule {}{}: {}{}'.format(where, position.index, handle, position.text, uncertain)
+
+
 def _deviation_words(deviation: Deviation) -> str:
-    part = getattr(deviation, 'part', '')
+    part = deviation.part
     what = 'the {} part '.format(part) if part else ''
-    return '{}{} by {}'.format(what, _verdict(deviation.verdict), deviation.where.describe())
+    return '{}{} by {}'.format(what, _verdict(deviation.verdict), describe_position(deviation.where))
 
 
-def explain_requirement(requirement: RequirementResult, remaining: Tuple[Deviation, ...]) -> str:
-    """The explanation of a requirement whose deviations waivers took out: as the evaluator words it,
-    with the deviations that are left."""
-    if requirement.deciding is None:
-        return requirement.explanation
-    text = '{} by {}'.format(_verdict(requirement.verdict), requirement.deciding.describe())
-    if requirement.status is not Status.PASS and remaining:
-        more = ' (and {} more)'.format(len(remaining) - 1) if len(remaining) > 1 else ''
-        text += '; but part of it is {}{}'.format(_deviation_words(remaining[0]), more)
+def explanation(requirement: RequirementResult) -> str:
+    """What a requirement's result rests on, in one sentence: the verdict and the rule that decided
+    it, the first deviation of a partial result, and the ipsets whose contents were not known; in
+    literal mode, where the literal rule was found, or that it was not."""
+    deciding = requirement.deciding
+    if requirement.finding == PRESENT and deciding is not None:
+        return 'present: {}'.format(describe_position(deciding))
+    if requirement.finding == NOT_FIRST and deciding is not None:
+        return '{} is not before every rule that drops its traffic: {}'.format(requirement.literal, describe_position(deciding))
+    if requirement.finding == ABSENT or deciding is None:
+        return 'no rule {} in table filter'.format(requirement.literal)
+    text = '{} by {}'.format(_verdict(requirement.verdict), describe_position(deciding))
+    deviations = requirement.deviations
+    if requirement.status is Status.PARTIAL and deviations:
+        more = ' (and {} more)'.format(len(deviations) - 1) if len(deviations) > 1 else ''
+        text += '; but part of it is {}{}'.format(_deviation_words(deviations[0]), more)
+    if requirement.uncertain:
+        text += '; rules whose ipsets are not known were taken to match part of the packets ({})'.format('; '.join(requirement.uncertain))
     return text
 
 
 def apply_waivers(result: Optional[RuleResult], waivers: Sequence[Waiver], today: datetime.date) -> Applied:
     """``result`` with the instance's waivers applied (see :mod:`.waivers`)."""
-    return waiver_rules.apply(result, waivers, today, explain_requirement)
+    return waiver_rules.apply(result, waivers, today)
 
 
 def describe_waiver(waiver: Waiver) -> str:
@@ -388,7 +409,7 @@ def _message(definition: RuleDefinition, parts: Sequence[_Part], limit: int) -> 
     extras = []
     if problems:
         part, worst = problems[0]
-        head = printable('{} {} ({}): {}'.format(definition.name, _labelled(part.label, worst.requirement), _REQUIREMENT_WORDS[worst.status], worst.explanation))
+        head = printable('{} {} ({}): {}'.format(definition.name, _labelled(part.label, worst.requirement), _REQUIREMENT_WORDS[worst.status], explanation(worst)))
         positions = _positions(worst)
         if unknown:
             extras.append(_unknown_words(definition, unknown))
@@ -668,9 +689,9 @@ def _requirement_lines(requirement: RequirementResult, applied: Optional[Applied
     name = requirement.requirement
     lines = ['{}: {} - {}'.format(_labelled(label, name), _REQUIREMENT_WORDS[requirement.status].upper(), _DESCRIPTIONS.get(name, ''))]
     if requirement.deciding is not None:
-        lines.append('  decided: {} by {}'.format(_verdict(requirement.verdict), requirement.deciding.describe()))
+        lines.append('  decided: {} by {}'.format(_verdict(requirement.verdict), describe_position(requirement.deciding)))
     else:
-        lines.append('  ' + requirement.explanation)
+        lines.append('  ' + explanation(requirement))
     positions = _positions(requirement) if requirement.status is not Status.PASS else []
     deviations = requirement.deviations
     for deviation in deviations[:EVENT_DEVIATIONS]:
@@ -767,7 +788,7 @@ def _requirement_json(part: _Part, r: RequirementResult) -> Dict[str, Any]:
         'family': part.family,
         'status': _REQUIREMENT_WORDS[r.status],
         'status_code': int(r.status),
-        'explanation': r.explanation,
+        'explanation': explanation(r),
         'deciding': _position(r.deciding),
         'deviations': [dict(_position(d.where) or {}, verdict=d.verdict) for d in r.deviations],
         'waived': [
@@ -810,14 +831,14 @@ def _text_lines(part: _Part, result: RuleResult) -> List[str]:
         return lines
     applied = part.applied
     for requirement in result.requirements:
-        lines.append('  [{}] {}: {}'.format(_REQUIREMENT_WORDS[requirement.status].upper(), _labelled(part.label, requirement.requirement), requirement.explanation))
+        lines.append('  [{}] {}: {}'.format(_REQUIREMENT_WORDS[requirement.status].upper(), _labelled(part.label, requirement.requirement), explanation(requirement)))
         for deviation in requirement.deviations[:10]:
-            lines.append('      part {} by {}'.format(deviation.verdict, deviation.where.describe()))
+            lines.append('      part {} by {}'.format(deviation.verdict, describe_position(deviation.where)))
         if len(requirement.deviations) > 10:
             lines.append('      ... and {} more'.format(len(requirement.deviations) - 10))
         if applied is not None:
             for match in applied.waived_in(requirement.requirement):
-                lines.append('      waived by {}: part {} by {}'.format(describe_waiver(match.waiver), match.deviation.verdict, match.deviation.where.describe()))
+                lines.append('      waived by {}: part {} by {}'.format(describe_waiver(match.waiver), match.deviation.verdict, describe_position(match.deviation.where)))
         if requirement.status is not Status.PASS:
             for note in _manager_notes(_positions(requirement)):
                 lines.append('      ' + note)

@@ -38,16 +38,6 @@ class Position:
     def is_policy(self) -> bool:
         return self.index is None
 
-    def describe(self) -> str:
-        where = '{} {}'.format(self.table, self.chain)
-        if self.ruleset:
-            where = '{} ({} ruleset)'.format(where, self.ruleset)
-        if self.index is None:
-            return '{} {}'.format(where, self.text)
-        handle = ' (handle {})'.format(self.handle) if self.handle else ''
-        uncertain = ' ({})'.format('; '.join(self.uncertain)) if self.uncertain else ''
-        return '{} rule {}{}: {}{}'.format(where, self.index, handle, self.text, uncertain)
-
 
 @dataclass(frozen=True)
 class Deviation:
@@ -99,11 +89,20 @@ class Fix:
         return ' && '.join(step.command for step in self.steps)
 
 
+# What a requirement's result rests on (the report words each): the walk's deciding rule (effective
+# mode), or, in literal mode, the literal rule found first, found below a rule that drops its
+# traffic, or not found.
+DECIDED = 'decided'
+PRESENT = 'present'
+NOT_FIRST = 'not_first'
+ABSENT = 'absent'
+
+
 @dataclass(frozen=True)
 class RequirementResult:
     requirement: str
     status: Status
-    explanation: str
+    finding: str = DECIDED
     deciding: Optional[Position] = None
     verdict: Optional[str] = None
     deviations: Tuple[Deviation, ...] = ()
@@ -111,6 +110,7 @@ class RequirementResult:
     fixes: Tuple[Fix, ...] = ()
     # Why rules on the walk were taken to match only part of the class: ipsets whose contents are not known.
     uncertain: Tuple[str, ...] = ()
+    literal: str = ''  # literal mode: the rule looked for (``-i lo -j ACCEPT``)
 
 
 @dataclass(frozen=True)

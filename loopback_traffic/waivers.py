@@ -10,7 +10,7 @@ import datetime
 import difflib
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from .requirements import REQUIREMENTS
 from .results import Deviation, Position, RequirementResult, RuleResult, Status
@@ -95,11 +95,7 @@ class Applied:
         return tuple(dict.fromkeys(match.waiver for match in self.expired))
 
 
-# How a requirement that waivers changed is explained: (requirement result, remaining deviations) -> text.
-Explain = Callable[[RequirementResult, Tuple[Deviation, ...]], str]
-
-
-def apply(result: Optional[RuleResult], waivers: Sequence[Waiver], today: datetime.date, explain: Explain) -> Applied:
+def apply(result: Optional[RuleResult], waivers: Sequence[Waiver], today: datetime.date) -> Applied:
     """``result`` with ``waivers`` applied on ``today``. A result that could not be evaluated (UNKNOWN) or
     that is absent (not applicable) is returned as it is."""
     if result is None or result.status is Status.UNKNOWN or not waivers:
@@ -125,7 +121,7 @@ def apply(result: Optional[RuleResult], waivers: Sequence[Waiver], today: dateti
             for waiver in active:
                 if waiver.matches(requirement.requirement, requirement.deciding):
                     refused.append(Match(requirement.requirement, Deviation(requirement.deciding, requirement.verdict or ''), waiver))
-        requirements.append(_adjusted(requirement, tuple(kept), explain))
+        requirements.append(_adjusted(requirement, tuple(kept)))
     if waived:
         result_after = replace(result, requirements=tuple(requirements), status=max((r.status for r in requirements), default=Status.PASS))
     else:
@@ -137,19 +133,13 @@ def _first(waivers: Sequence[Waiver], requirement: str, where: Position) -> Opti
     return next((waiver for waiver in waivers if waiver.matches(requirement, where)), None)
 
 
-def _adjusted(requirement: RequirementResult, kept: Tuple[Deviation, ...], explain: Explain) -> RequirementResult:
+def _adjusted(requirement: RequirementResult, kept: Tuple[Deviation, ...]) -> RequirementResult:
     if len(kept) == len(requirement.deviations):
         return requirement
-    status = requirement.status
-    remediation = requirement.remediation
-    if status is Status.PARTIAL and not kept:
+    if requirement.status is Status.PARTIAL and not kept:
         # The bulk got the required verdict and every deviation is waived: nothing left to fix.
-        status, remediation = Status.PASS, ()
-    adjusted = replace(requirement, status=status, deviations=kept, remediation=remediation)
-    if not remediation and getattr(adjusted, 'fixes', None):
-        no_fixes: Dict[str, Any] = {'fixes': ()}  # the structured fixes, where results carry them
-        adjusted = replace(adjusted, **no_fixes)
-    return replace(adjusted, explanation=explain(adjusted, kept))
+        return replace(requirement, status=Status.PASS, deviations=kept, remediation=(), fixes=(), uncertain=())
+    return replace(requirement, deviations=kept)
 
 
 # --- the option --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from datadog_checks.loopback_traffic.config import parse_options
 from datadog_checks.loopback_traffic.pipeline import InstanceState, run_rule
 from datadog_checks.loopback_traffic.requirements import INPUT_ACCEPT_LO, INPUT_DROP_LOOPBACK_SOURCE, OUTPUT_ACCEPT_LO, rule_for_family, rule_named
 from datadog_checks.loopback_traffic.results import Status
+from datadog_checks.loopback_traffic.report import explanation
 
 from .netns import netns, probe_loopback, require_tools  # noqa: F401
 from .rulesets import CIS_V4, CIS_V6, filter_table, table
@@ -158,7 +159,7 @@ def test_native_table_on_the_input_hook_is_read(netns):
         assert accept.status is FAIL, accept
         assert (accept.deciding.table, accept.deciding.chain, accept.deciding.index) == ('inet hostfw', 'in', 1)
         assert accept.remediation == ('nft insert rule inet hostfw in iif lo accept',)
-        assert 'inet hostfw in rule 1' in accept.explanation
+        assert 'inet hostfw in rule 1' in explanation(accept)
 
 
 def test_the_saves_cannot_see_a_native_table(netns):

@@ -18,6 +18,7 @@ from datadog_checks.loopback_traffic.requirements import (
     rule_for_family,
 )
 from datadog_checks.loopback_traffic.results import SYNPROXY_PART, Fix, Insertion, Status
+from datadog_checks.loopback_traffic.report import describe_position, explanation
 
 from .rulesets import CIS_V4, CIS_V6, evaluate_text, filter_table, table
 
@@ -321,7 +322,7 @@ def test_a_deny_in_any_chain_of_the_input_path_is_final(table_name, chain):
     accept = result.requirement(INPUT_ACCEPT_LO)
     assert accept.status is FAIL
     assert (accept.deciding.table, accept.deciding.chain, accept.deciding.index) == (table_name, chain, 1)
-    assert '{} {} rule 1'.format(table_name, chain) in accept.explanation
+    assert '{} {} rule 1'.format(table_name, chain) in explanation(accept)
 
 
 @pytest.mark.parametrize(
@@ -363,13 +364,13 @@ def test_a_deny_in_nat_satisfies_the_drop_requirement_only_partially():
     drop = evaluate_text(text).requirement(INPUT_DROP_LOOPBACK_SOURCE)
     assert drop.status is PARTIAL
     assert (drop.deciding.table, drop.deciding.chain, drop.deciding.index) == ('nat', 'PREROUTING', 1)
-    assert 'established connections' in drop.explanation
+    assert 'established connections' in explanation(drop)
 
 
 def test_absent_tables_and_chains_accept():
     result = evaluate_text('*filter\n:FORWARD DROP [0:0]\nCOMMIT\n')
     assert statuses(result) == {INPUT_ACCEPT_LO: PASS, OUTPUT_ACCEPT_LO: PASS, INPUT_DROP_LOOPBACK_SOURCE: FAIL}
-    assert 'no such chain loaded' in result.requirement(INPUT_ACCEPT_LO).explanation
+    assert 'no such chain loaded' in explanation(result.requirement(INPUT_ACCEPT_LO))
 
 
 def test_accept_ends_only_the_current_chain():
@@ -512,7 +513,7 @@ def test_rule_without_target_decides_nothing():
 def test_falling_off_a_builtin_chain_applies_its_policy():
     accept = evaluate_text(filter_table(input_policy='DROP')).requirement(INPUT_ACCEPT_LO)
     assert accept.status is FAIL
-    assert accept.deciding.describe() == 'filter INPUT policy DROP'
+    assert describe_position(accept.deciding) == 'filter INPUT policy DROP'
 
 
 # --- section 2, results --------------------------------------------------------------------------------
@@ -557,7 +558,7 @@ def test_drop_fix_goes_right_after_the_lo_accept():
 def test_partial_accept_deviation_names_chain_and_position():
     accept = evaluate_text(filter_table('-A INPUT -p udp --dport 53 -j DROP', '-A INPUT -i lo -j ACCEPT')).requirement(INPUT_ACCEPT_LO)
     assert accept.status is PARTIAL
-    assert accept.deviations[0].where.describe() == 'filter INPUT rule 1: -A INPUT -p udp --dport 53 -j DROP'
+    assert describe_position(accept.deviations[0].where) == 'filter INPUT rule 1: -A INPUT -p udp --dport 53 -j DROP'
     assert accept.remediation == ('iptables -I INPUT 1 -i lo -j ACCEPT',)
 
 
@@ -642,7 +643,7 @@ def test_legacy_chains_join_the_path_and_are_named():
     accept = result.requirement(INPUT_ACCEPT_LO)
     assert accept.status is FAIL
     assert accept.deciding.ruleset == 'legacy'
-    assert '(legacy ruleset)' in accept.explanation
+    assert '(legacy ruleset)' in explanation(accept)
     assert accept.remediation == ('iptables-legacy -I INPUT 1 -i lo -j ACCEPT',)
 
 

@@ -10,6 +10,7 @@ from datadog_checks.loopback_traffic.evaluator import EFFECTIVE, LITERAL, Source
 from datadog_checks.loopback_traffic.explain import explain
 from datadog_checks.loopback_traffic.parser import parse_ruleset
 from datadog_checks.loopback_traffic.requirements import REQUIREMENTS, rule_for_family
+from datadog_checks.loopback_traffic.report import explanation
 
 from .netns import netns, require_tools  # noqa: F401  (netns is a fixture)
 from .rulesets import CIS_V4, CIS_V6, filter_table, table
@@ -90,7 +91,7 @@ def test_the_explained_result_is_the_evaluators(name, texts, family, requirement
     last = explained.text.rstrip('\n').splitlines()[-1]
     assert last.startswith('result: {}: '.format(expected.name))
     if not evaluated.error:
-        assert last == 'result: {}: {}'.format(expected.name, evaluated.requirement(requirement).explanation)
+        assert last == 'result: {}: {}'.format(expected.name, explanation(evaluated.requirement(requirement)))
 
 
 # --------------------------------------------------------------------------- the text

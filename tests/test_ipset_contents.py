@@ -14,7 +14,7 @@ from datadog_checks.loopback_traffic.ipset_contents import NOT_IN_A_SAVED_RULESE
 from datadog_checks.loopback_traffic.model import Match, Option, Rule, Target
 from datadog_checks.loopback_traffic.nft_decode import _m_set
 from datadog_checks.loopback_traffic.parser import parse_ruleset
-from datadog_checks.loopback_traffic.report import message
+from datadog_checks.loopback_traffic.report import describe_position, explanation, message
 from datadog_checks.loopback_traffic.requirements import (
     INPUT_ACCEPT_LO,
     INPUT_DROP_LOOPBACK_SOURCE,
@@ -208,7 +208,7 @@ def test_a_saved_ruleset_says_the_set_could_not_be_judged():
     spoof = result.requirement(SPOOF)
     assert spoof.status is Status.FAIL and spoof.deciding.is_policy
     assert spoof.uncertain == ('ipset loop: ' + NOT_IN_A_SAVED_RULESET,)
-    assert NOT_IN_A_SAVED_RULESET in spoof.explanation
+    assert NOT_IN_A_SAVED_RULESET in explanation(spoof)
     assert NOT_IN_A_SAVED_RULESET in message(result)
 
 
@@ -219,7 +219,7 @@ def test_a_some_rule_of_an_unknown_set_names_the_reason_where_it_deviates():
     spoof = result.requirement(SPOOF)
     assert spoof.status is Status.PARTIAL
     (deviation,) = spoof.deviations
-    assert deviation.where.index == 2 and 'ipset keep: the ipsets could not be read: denied' in deviation.where.describe()
+    assert deviation.where.index == 2 and 'ipset keep: the ipsets could not be read: denied' in describe_position(deviation.where)
 
 
 def test_a_set_changed_behind_the_same_rules_is_another_ruleset():

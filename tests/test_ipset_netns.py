@@ -7,6 +7,7 @@ import pytest
 from datadog_checks.loopback_traffic.pipeline import InstanceState
 from datadog_checks.loopback_traffic.requirements import INPUT_ACCEPT_LO, INPUT_DROP_LOOPBACK_SOURCE, OUTPUT_ACCEPT_LO
 from datadog_checks.loopback_traffic.results import Status
+from datadog_checks.loopback_traffic.report import explanation
 
 from .netns import netns, netns_pair, probe_loopback, probe_spoofed_loopback_source, require_tools  # noqa: F401
 from .rulesets import filter_table
@@ -179,4 +180,4 @@ def test_a_save_through_a_wrapper_keeps_the_set_some_and_says_why(netns_pair):
     assert requirement.deciding.is_policy
     (why,) = requirement.uncertain
     assert why.startswith('ipset lt-loop: ') and 'wrapper command' in why
-    assert why in requirement.explanation
+    assert why in explanation(requirement)

@@ -13,6 +13,7 @@ from datadog_checks.loopback_traffic.requirements import (
     OUTPUT_ACCEPT_LO,
 )
 from datadog_checks.loopback_traffic.results import Status
+from datadog_checks.loopback_traffic.report import explanation
 
 from .netns import netns, netns_pair, probe_loopback, probe_spoofed_loopback_source, require_tools, ufw_in_netns  # noqa: F401
 from .rulesets import CIS_V4, CIS_V6, evaluate_text, filter_table
@@ -86,7 +87,7 @@ def test_remediation_commands_fix_the_live_ruleset(netns, family, ruleset):
     assert before.status is not Status.PASS
     apply_fixes(netns, before)
     after = evaluate_namespace(netns, family)
-    assert after.status is Status.PASS, [r.explanation for r in after.requirements]
+    assert after.status is Status.PASS, [explanation(r) for r in after.requirements]
 
 
 def test_ufw_rules_and_the_loopback_hardening(netns):

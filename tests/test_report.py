@@ -17,14 +17,16 @@ from datadog_checks.loopback_traffic.report import (
     RuleState,
     apply_waivers,
     change,
+    describe_position,
     event_text,
+    explanation,
     manager_of,
     message,
     to_json,
     to_text,
 )
 from datadog_checks.loopback_traffic.requirements import rule_for_family
-from datadog_checks.loopback_traffic.results import Deviation, Position, RequirementResult, RuleResult, Status
+from datadog_checks.loopback_traffic.results import DECIDED, Deviation, Position, RequirementResult, RuleResult, Status
 from datadog_checks.loopback_traffic.waivers import Waiver
 
 from .rulesets import CIS_V4, evaluate_text, filter_table
@@ -98,7 +100,7 @@ def test_chains_of_no_known_manager(table, chain):
 
 def requirement(name, status, deciding_text, fixes=(), deviations=()):
     deciding = Position('filter', 'INPUT', 1, deciding_text)
-    return RequirementResult(name, status, 'dropped by ' + deciding.describe(), deciding, 'deny', deviations, tuple(fixes))
+    return RequirementResult(name, status, DECIDED, deciding, 'deny', deviations, tuple(fixes))
 
 
 @pytest.mark.parametrize('comment', [0, 100, 300, 1000, 5000])
@@ -214,7 +216,7 @@ def test_a_change_to_critical_is_logged_as_a_warning():
 def test_the_event_lists_every_deviation_up_to_a_limit_and_stays_within_4000_characters():
     deviations = tuple(Deviation(Position('filter', 'INPUT', i + 1, '-A INPUT -p tcp --dport {} -j DROP'.format(1000 + i)), 'deny') for i in range(60))
     partial = RequirementResult(
-        'input_accept_lo', Status.PARTIAL, 'accepted by ...', Position('filter', 'INPUT', 61, '-A INPUT -i lo -j ACCEPT'), 'accept', deviations, ('iptables -I INPUT 1 -i lo -j ACCEPT',)
+        'input_accept_lo', Status.PARTIAL, DECIDED, Position('filter', 'INPUT', 61, '-A INPUT -i lo -j ACCEPT'), 'accept', deviations, ('iptables -I INPUT 1 -i lo -j ACCEPT',)
     )
     text = event_text(outcome_of(RuleResult(RULE, Status.PARTIAL, (partial,), 61)), 'warning', None, WARNING, OK)
     assert len(text) <= EVENT_TEXT_LIMIT
@@ -227,7 +229,7 @@ def test_the_event_lists_every_deviation_up_to_a_limit_and_stays_within_4000_cha
 def test_a_huge_event_is_cut_with_the_fixes_kept():
     long = 'x' * 3000
     requirements = tuple(
-        RequirementResult(name, Status.FAIL, 'dropped', Position('filter', 'INPUT', 1, long), 'deny', (), ('iptables -I INPUT 1 -i lo -j ACCEPT # {}'.format(name),))
+        RequirementResult(name, Status.FAIL, DECIDED, Position('filter', 'INPUT', 1, long), 'deny', (), ('iptables -I INPUT 1 -i lo -j ACCEPT # {}'.format(name),))
         for name in ('input_accept_lo', 'output_accept_lo', 'input_drop_loopback_source')
     )
     text = event_text(outcome_of(RuleResult(RULE, Status.FAIL, requirements, 1)), 'warning', None, CRITICAL, None)
@@ -254,3 +256,43 @@ def test_the_cli_reports_show_waived_deviations():
     # Without waivers the reports are as before.
     assert to_json(outcome, 'warning')['status'] == 'WARNING'
     assert "KUBE-EXTERNAL-SERVICES is kube-proxy's chain" in to_text(outcome, 'warning')
+
+
+# --- the words of a requirement's result: written here, from the evaluator's structure ----------------
+
+
+@pytest.mark.parametrize(
+    'rules, requirement_name, finding, words',
+    [
+        (('-A INPUT -i lo -j ACCEPT',), 'input_accept_lo', 'present', 'present: filter INPUT rule 1: -A INPUT -i lo -j ACCEPT'),
+        (
+            ('-A INPUT -j DROP', '-A INPUT -i lo -j ACCEPT'),
+            'input_accept_lo',
+            'not_first',
+            '-A INPUT -i lo -j ACCEPT is not before every rule that drops its traffic: filter INPUT rule 1: -A INPUT -j DROP',
+        ),
+        ((), 'output_accept_lo', 'absent', 'no rule -A OUTPUT -o lo -j ACCEPT in table filter'),
+    ],
+)
+def test_literal_findings_are_worded_from_what_the_evaluator_found(rules, requirement_name, finding, words):
+    from datadog_checks.loopback_traffic.evaluator import LITERAL
+
+    from .rulesets import evaluate_text, filter_table
+
+    found = evaluate_text(filter_table(*rules), mode=LITERAL).requirement(requirement_name)
+    assert found.finding == finding
+    assert explanation(found) == words
+
+
+def test_the_evaluator_returns_structure_and_the_report_words_it():
+    from .rulesets import evaluate_text, filter_table
+
+    result = evaluate_text(filter_table('-A INPUT -p udp --dport 53 -j DROP', '-A INPUT -i lo -j ACCEPT', '-A OUTPUT -o lo -j ACCEPT'))
+    accept = result.requirement('input_accept_lo')
+    assert not any(isinstance(getattr(accept, name), str) and ' ' in getattr(accept, name) for name in accept.__dataclass_fields__)
+    assert (accept.status, accept.deciding.index, [d.where.index for d in accept.deviations]) == (Status.PARTIAL, 2, [1])
+    assert explanation(accept) == (
+        'accepted by filter INPUT rule 2: -A INPUT -i lo -j ACCEPT; '
+        'but part of it is dropped by filter INPUT rule 1: -A INPUT -p udp --dport 53 -j DROP'
+    )
+    assert message(result).startswith('set_loopback_traffic input_drop_loopback_source (fail): ' + explanation(result.requirement('input_drop_loopback_source')))

@@ -14,7 +14,7 @@ from datadog_checks.loopback_traffic.applicability import Applicability
 from datadog_checks.loopback_traffic.remedies import in_manager_language
 from datadog_checks.loopback_traffic.report import message, rule_status, submissions, to_text
 from datadog_checks.loopback_traffic.requirements import RULE_NAMES, rule_named
-from datadog_checks.loopback_traffic.results import Deviation, Fix, Insertion, Position, RequirementResult, RuleResult, Status
+from datadog_checks.loopback_traffic.results import DECIDED, Deviation, Fix, Insertion, Position, RequirementResult, RuleResult, Status
 
 from .rulesets import CIS_V4, CIS_V6
 from .test_applicability import INSTALLED, make_proc, write_dpkg
@@ -224,7 +224,7 @@ def _outcome(rule, result):
 
 
 def test_a_proven_failure_outranks_a_family_that_could_not_be_judged():
-    failing = RequirementResult('input_accept_lo', Status.FAIL, 'dropped by filter INPUT rule 1: -A INPUT -j DROP')
+    failing = RequirementResult('input_accept_lo', Status.FAIL, DECIDED, Position('filter', 'INPUT', 1, '-A INPUT -j DROP'), 'deny')
     v4 = RuleResult(UFW.part('ipv4'), Status.FAIL, (failing,), 3)
     v6 = RuleResult(UFW.part('ipv6'), Status.UNKNOWN, error='ip6tables-save timed out')
     outcome = RuleOutcome(UFW, (_outcome(UFW.part('ipv4'), v4), _outcome(UFW.part('ipv6'), v6)))
@@ -246,7 +246,7 @@ def _result(rule, requirement, deciding, deviations=(), fixes=()):
     found = RequirementResult(
         requirement,
         Status.FAIL if not deviations else Status.PARTIAL,
-        'decided',
+        DECIDED,
         deciding,
         'deny',
         tuple(Deviation(where, 'accept') for where in deviations),
@@ -305,7 +305,7 @@ def test_ufw_fixes_go_where_they_take_effect(family, requirement, deciding, devi
 
 
 def test_ufw_disabled_is_fixed_by_enabling_it_first():
-    found = RequirementResult('input_drop_loopback_source', Status.FAIL, 'accepted', Position('filter', 'INPUT', None, 'policy ACCEPT'))
+    found = RequirementResult('input_drop_loopback_source', Status.FAIL, DECIDED, Position('filter', 'INPUT', None, 'policy ACCEPT'), 'accept')
     translated = in_manager_language(RuleResult(UFW.part('ipv6'), Status.FAIL, (found,), 1), '/etc/ufw/ufw.conf')
     assert translated.requirements[0].remediation == ('ufw enable', 'ufw deny in from ::1')
 
