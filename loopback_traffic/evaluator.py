@@ -388,9 +388,11 @@ class _ChainWalker:
             relations.append(relation)
             callee = self.called_chain(rule) if relation is not NONE else None
             target = rule.target
+            ends = _ends_the_walk(rule)  # for the packets the rule matches
             if callee is not None and target is not None:
                 entering = self._entry(callee, current)
                 view = yield callee, entering
+                ends = ends or view.returned is None  # the chain called keeps every packet it gets
                 calls.append((callee.name, current, entering, view))
                 entered.append(entering)
                 accepted = _meet(accepted, view.accepted)
@@ -416,10 +418,10 @@ class _ChainWalker:
                             accepted = _meet(accepted, matched)
                     if not _ends_the_walk(rule):
                         current = after(rule, relation, current)
-            if relation is ALL and _ends_the_walk(rule):
+            if relation is ALL and ends:
                 ended = True
                 break
-            if left is not None and _ends_the_walk(rule):
+            if left is not None and ends:
                 remaining = left
         if not ended:
             if not chain.is_builtin:

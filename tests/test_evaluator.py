@@ -761,3 +761,30 @@ def test_a_drop_on_the_output_path_does_not_change_what_the_input_path_is_judged
     result = evaluate_text(text)
     assert result.requirement(OUTPUT_ACCEPT_LO).status is Status.FAIL
     assert result.requirement(INPUT_ACCEPT_LO).status is Status.FAIL
+
+
+@pytest.mark.parametrize(
+    'spoof_chain, expected',
+    [
+        (('-A SPOOF -j DROP',), Status.PASS),
+        (('-A SPOOF -p udp -j DROP', '-A SPOOF -j REJECT'), Status.PASS),  # keeps every packet it gets
+        (('-A SPOOF -j LOG',), Status.FAIL),  # they come back and get the policy
+        (('-A SPOOF -p tcp -j RETURN', '-A SPOOF -j DROP'), Status.FAIL),  # TCP comes back
+    ],
+)
+def test_coverage_counts_the_packets_a_jump_keeps(spoof_chain, expected):
+    """Two jumps of the two /9 halves to a chain that drops what it gets: nothing of the class is left."""
+    text = filter_table(
+        '-A INPUT -i lo -j ACCEPT',
+        '-A INPUT -s 127.0.0.0/9 -j SPOOF',
+        '-A INPUT -s 127.128.0.0/9 -j SPOOF',
+        '-A OUTPUT -o lo -j ACCEPT',
+        *spoof_chain,
+        chains=['SPOOF'],
+    )
+    spoof = evaluate_text(text).requirement(INPUT_DROP_LOOPBACK_SOURCE)
+    assert spoof.status is expected
+    if expected is Status.PASS:
+        assert (spoof.deciding.chain, spoof.deciding.index) == ('SPOOF', len(spoof_chain))
+    else:
+        assert spoof.deciding.is_policy

@@ -228,3 +228,25 @@ def test_a_native_ct_zone_set_on_the_output_path_is_matched_on_the_lo_input_path
     result = judged(netns, 'auto')
     assert status(result, INPUT_ACCEPT_LO) is PASS
     assert where(result, INPUT_ACCEPT_LO) == ('inet t', 'in', 2)
+
+
+@pytest.mark.parametrize('collection', COLLECTIONS)
+def test_two_jumps_to_a_chain_that_drops_cover_the_loopback_network(netns_pair, collection):
+    receiver = netns_pair.receiver
+    receiver.restore(
+        filter_table(
+            '-A INPUT -i lo -j ACCEPT',
+            '-A INPUT -s 127.0.0.0/9 -j SPOOF',
+            '-A INPUT -s 127.128.0.0/9 -j SPOOF',
+            '-A OUTPUT -o lo -j ACCEPT',
+            '-A SPOOF -j DROP',
+            chains=['SPOOF'],
+        ),
+        'ipv4',
+    )
+    for source in ('127.0.0.1', '127.200.0.1'):
+        assert not probe_spoofed_loopback_source(netns_pair, 'ipv4', source=source)
+    assert probe_loopback(receiver, 'ipv4', 'udp')
+    result = judged(receiver, collection)
+    assert status(result, INPUT_DROP_LOOPBACK_SOURCE) is PASS
+    assert where(result, INPUT_DROP_LOOPBACK_SOURCE) == ('filter', 'SPOOF', 1)
