@@ -584,7 +584,7 @@ def change(
     """Compare this run with the last: ``previous`` is the last state (None on the instance's first run),
     ``last_event_status`` the status of the last event sent for the rule (None: none yet). An event goes
     out when the status differs from the last event's (the first run included); a log line whenever the
-    state changes (INFO; WARNING for a change to CRITICAL or UNKNOWN)."""
+    state changes (INFO; WARNING for a change to CRITICAL, spec section 5)."""
     definition, parts = _parts(outcome, applied)
     rule = definition.name
     state = state_of(outcome, partial, applied)
@@ -592,8 +592,8 @@ def change(
         return Change(state)
     if state.status is None:
         return Change(state, None, logging.INFO, printable('{} is not applicable: {}'.format(rule, state.detail)))
-    # A change to CRITICAL, and the check unable to do its job (UNKNOWN), are warnings; the rest is news.
-    level = logging.WARNING if state.status in (CRITICAL, UNKNOWN) else logging.INFO
+    # A change to CRITICAL is a warning; the rest is news (the event of an UNKNOWN says why, at info).
+    level = logging.WARNING if state.status == CRITICAL else logging.INFO
     name = STATUS_NAMES[state.status]
     # The log line says what the service check message says (cut to the same size).
     summary = _message(definition, parts, MESSAGE_LIMIT).replace('\n', ' | ')

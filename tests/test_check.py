@@ -318,11 +318,11 @@ def test_each_status_change_is_one_event_and_one_log_line_and_nothing_while_it_s
         (MISORDERED, 'error', logging.WARNING, 'set_loopback_traffic is CRITICAL (was OK): input_accept_lo (fail): dropped by'),
         (MISORDERED, None, None, None),
         (CONNTRACK_FIRST, 'warning', logging.INFO, 'set_loopback_traffic is WARNING (was CRITICAL): input_drop_loopback_source (partial)'),
-        (None, 'info', logging.WARNING, 'set_loopback_traffic is UNKNOWN (was WARNING): could not be evaluated: saved ruleset'),
+        (None, 'info', logging.INFO, 'set_loopback_traffic is UNKNOWN (was WARNING): could not be evaluated: saved ruleset'),
         (None, None, None, None),
         (CIS_V4, 'success', logging.INFO, 'set_loopback_traffic can be evaluated again: OK'),
         (MISORDERED, 'error', logging.WARNING, 'set_loopback_traffic is CRITICAL (was OK)'),
-        (None, 'info', logging.WARNING, 'set_loopback_traffic is UNKNOWN (was CRITICAL)'),
+        (None, 'info', logging.INFO, 'set_loopback_traffic is UNKNOWN (was CRITICAL)'),
         (MISORDERED, 'error', logging.WARNING, 'set_loopback_traffic can be evaluated again: CRITICAL'),
     ]
     for ruleset, alert_type, level, log in steps:
