@@ -257,10 +257,17 @@ def _mark(match: Match, packets: PacketClass) -> Relation:
     return _bits_match(match, packets.mark)
 
 
+def _of_the_connection(relation: Relation) -> Relation:
+    """A match on the packet's connection fails, negated or not, for packets that have none: untracked
+    ones, and those conntrack finds INVALID (it keeps no entry for them, even with a zone template).
+    So it never holds for all of a class whose packets may be invalid."""
+    return SOME if relation is ALL else relation
+
+
 def _connmark(match: Match, packets: PacketClass) -> Relation:
     if packets.conntrack == CT_UNTRACKED:
         return NONE  # no connection, no connection mark: the match fails, negated or not
-    return _bits_match(match, packets.ctmark)
+    return _of_the_connection(_bits_match(match, packets.ctmark))
 
 
 def _ctzone(match: Match, packets: PacketClass) -> Relation:
@@ -273,7 +280,7 @@ def _ctzone(match: Match, packets: PacketClass) -> Relation:
         if values is None:
             return SOME
         relations.append(_negated(option, _disjunction(_truth(packets.zone.test(value & _ZONE, mask & _ZONE)) for value, mask in values)))
-    return _conjunction(relations) if relations else SOME
+    return _of_the_connection(_conjunction(relations)) if relations else SOME
 
 
 _ZONE = 0xFFFF
@@ -305,13 +312,32 @@ def _set(match: Match, packets: PacketClass) -> Relation:
     if contents is None or option is None or contents.unknown:
         return SOME
     names = {option.name for option in match.options}
-    if names - _SET_FLAGS - {'--return-nomatch'} or ('--return-nomatch' in names and _has_exceptions(contents)):
-        return SOME  # counter comparisons, nomatch members that match
+    if names - _SET_FLAGS - {'--return-nomatch'}:
+        return SOME  # counter comparisons
+    if '--return-nomatch' in names:
+        return _negated(option, _nomatch_relation(contents, packets))
     return _negated(option, _set_relation(contents, packets))
 
 
-def _has_exceptions(contents: SetContents) -> bool:
-    return bool(contents.exceptions) or any(_has_exceptions(subset) for subset in contents.subsets)
+def _nomatch_relation(contents: SetContents, packets: PacketClass) -> Relation:
+    """With ``--return-nomatch``, a set whose type has nomatch members (a ``net`` dimension of a hash
+    type) matches the packets whose most specific member is a nomatch one, and no other."""
+    if contents.unknown:
+        return SOME
+    if contents.kind == 'list:set':
+        return _any_of(_nomatch_relation(subset, packets) for subset in contents.subsets)
+    if not _has_nomatch(contents.kind):
+        return _set_relation(contents, packets)
+    if contents.version and contents.version != packets.source.version:
+        return NONE
+    if any(_member_relation(contents.dimensions, member, packets) is not NONE for member in contents.exceptions):
+        return SOME
+    return NONE
+
+
+def _has_nomatch(kind: str) -> bool:
+    method, _, dimensions = kind.partition(':')
+    return method == 'hash' and 'net' in dimensions.split(',')
 
 
 def _set_relation(contents: SetContents, packets: PacketClass) -> Relation:
@@ -502,7 +528,9 @@ def _connmark_effect(args: Sequence[str], packets: PacketClass) -> PacketClass:
         nfmask, ctmask = _option_value(args, '--nfmask'), _option_value(args, '--ctmask')
         if args[0] == '--save-mark':  # ctmark = (ctmark & ~ctmask) ^ (mark & nfmask)
             return replace(packets, ctmark=packets.ctmark.and_constant(~ctmask).xor(packets.mark.and_constant(nfmask)))
-        return replace(packets, mark=packets.mark.and_constant(~nfmask).xor(packets.ctmark.and_constant(ctmask)))
+        # mark = (mark & ~nfmask) ^ (ctmark & ctmask), for the packets that have a connection (not the INVALID ones)
+        restored = packets.mark.and_constant(~nfmask).xor(packets.ctmark.and_constant(ctmask))
+        return replace(packets, mark=packets.mark.meet(restored))
     ctmark = _set_bits(packets.ctmark, args)
     return replace(packets, ctmark=ctmark if ctmark is not None else Bits())
 

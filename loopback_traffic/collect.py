@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Callable, Dict, Hashable, Iterable, List, Optional, Tuple
 
@@ -49,7 +50,12 @@ class Collected:
         sets = self.sets.identity if self.sets is not None else None
         if self.kernel is not None:
             return (self.backend, self.origin, self.kernel.generation, sets)
-        return (self.backend, self.origin, self.text, sets)
+        return (self.backend, self.origin, _COUNTERS.sub('', self.text), sets)
+
+
+# The packet and byte counters of a save (``:INPUT ACCEPT [12:3456]``), which change with every packet
+# and mean nothing to the verdict.
+_COUNTERS = re.compile(r'\[\d+:\d+\]')
 
 
 def collected_text(text: str, origin: str) -> Collected:
@@ -192,7 +198,6 @@ def read_kernel(
     if last is None or last.generation != generation:
         cache.walked, cache.walked_sets = {}, {}
         cache.read_done()
-    # Evaluated again beside a legacy ruleset, it decodes with the ipsets its walk used (or reads them then).
     cache.ruleset = replace(ruleset, generation=generation)
     cache.walked[key], cache.walked_sets[key] = value, used
     return cache.ruleset, value, used
@@ -208,6 +213,13 @@ def _read_with_sets(
             return generation, read, ipsets.read
         reader.renew_deadline()
     raise CollectionError('the ipsets that the rules use kept changing while the rules were read (read {} times; the next run reads them again)'.format(_READ_ATTEMPTS))
+
+
+_NOTHING = 'nothing'
+
+
+def _nothing(ruleset: KernelRuleset) -> None:
+    """A walk that enters no chain: the tables and base chains are read, nothing more."""
 
 
 def _every_chain(ruleset: KernelRuleset) -> None:
@@ -267,16 +279,22 @@ def _from_saves(options: Options, family: str) -> List[Collected]:
     return [_save(options, family, LEGACY, main)[0]] + ([_save(options, family, NFT, variant)[0]] if variant else [])
 
 
+# The evaluation of one family on the kernel's nf_tables ruleset and the rulesets beside it (the legacy
+# xtables, read first): run while the kernel is read, so that it reads the chains it enters.
+WalkBeside = Callable[[KernelRuleset, Tuple[Collected, ...]], object]
+
+
 def collect(
     options: Options,
     family: str,
     given: Optional[Collected] = None,
     cache: Optional[KernelCache] = None,
-    walk: Optional[Walk] = None,
+    walk: Optional[WalkBeside] = None,
     walk_key: Hashable = None,
 ) -> List[Collected]:
-    """The rulesets of one family that the kernel runs side by side (of nf_tables, what ``walk`` enters;
-    ``walk_key`` names what the walk computes, so that its result is reused for the same walk only)."""
+    """The rulesets of one family that the kernel runs side by side (of nf_tables, what ``walk`` enters,
+    with the legacy rulesets beside it; ``walk_key`` names what the walk computes, so that its result is
+    reused for the same walk of the same legacy rulesets only)."""
     if given is not None:
         return [given]
     path = options.ruleset_files.get(family)
@@ -284,8 +302,16 @@ def collect(
         return [collected_text(read_file(path, options.max_output_bytes), path)]
     if not uses_netlink(options, family):
         return _from_saves(options, family)
-    kernel, walked, sets = read_kernel(options, cache if cache is not None else KernelCache(), family, walk, walk_key)
-    return [Collected(KERNEL, 'nf_tables (netlink)', kernel=kernel, walked=walked, sets=sets)] + _legacy(options, family)
+    kernel_cache = cache if cache is not None else KernelCache()
+    try:
+        beside = tuple(_legacy(options, family))
+    except CollectionError:
+        read_kernel(options, kernel_cache, family, _nothing, _NOTHING)  # where the kernel refuses too, its refusal is the cause
+        raise
+    walk_kernel: Optional[Walk] = (lambda kernel: walk(kernel, beside)) if walk is not None else None
+    key = (walk_key, tuple(piece.identity for piece in beside))
+    kernel, walked, sets = read_kernel(options, kernel_cache, family, walk_kernel, key)
+    return [Collected(KERNEL, 'nf_tables (netlink)', kernel=kernel, walked=walked, sets=sets)] + list(beside)
 
 
 __all__ = ['CollectionError', 'Collected', 'KernelCache', 'KERNEL', 'collect', 'collected_text', 'read_stream', 'uses_netlink']

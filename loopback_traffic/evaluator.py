@@ -782,7 +782,10 @@ def _sent_through_lo(rule: ComplianceRule, packets: PacketClass, sources: Sequen
     paths = _path(output, rule.family, leaving, sources)
     if not paths:
         return packets
-    _, _, sent = _walk_in_order(leaving, paths, output.required, {}, _Walk(walk.missing), False)
+    try:
+        _, _, sent = _walk_in_order(leaving, paths, output.required, {}, _Walk(walk.missing), False)
+    except Unevaluable:
+        return packets  # the output path's own fault is its requirement's to report: nothing is known of it here
     conntrack = CT_UNTRACKED if sent.conntrack == CT_UNTRACKED else packets.conntrack
     return replace(packets, mark=sent.mark, ctmark=sent.ctmark, conntrack=conntrack, zone=sent.zone)
 

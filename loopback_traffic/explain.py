@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .classify import ALL, NONE, Relation
 from .collect import Collected
-from .config import LEGACY, Options
+from .config import Options
 from .evaluator import (
     EFFECTIVE,
     Source,
@@ -39,11 +39,10 @@ from .evaluator import (
 from .model import Chain, Rule, RulesUnavailable
 from .parser import ParseError
 from .nf_tables import KernelRuleset
-from .pipeline import InstanceState, _empty, _kernel_sources, _parse
+from .pipeline import InstanceState, _empty, _kernel_sources, text_source, walked_sources
 from .report import VERDICT_WORDS, describe_position, explanation
 from .requirements import DENY, ComplianceRule, Interfaces, PacketClass, Requirement, requirement_named
 from .results import Position, RequirementResult, RuleResult, Status
-from .saves import iptables_command
 
 _INDENT = '  '
 _RELATION_WIDTH = 4  # 'none', 'some', 'all '
@@ -272,9 +271,11 @@ class ExplainingState(InstanceState):
         self.requirement_name = requirement_name
         self.explanations: Dict[str, Explanation] = {}  # family -> its explanation
 
-    def walk(self, options: Options, family: str, rule: ComplianceRule) -> Callable[[KernelRuleset], RuleResult]:
-        def evaluate_kernel(kernel: KernelRuleset) -> RuleResult:
-            sources = _kernel_sources(kernel, family, self.decoded) or [_empty(family)]
+    def walk(self, options: Options, family: str, rule: ComplianceRule) -> Callable[[KernelRuleset, Tuple[Collected, ...]], RuleResult]:
+        parsed: Dict[int, Source] = {}
+
+        def evaluate_kernel(kernel: KernelRuleset, beside: Tuple[Collected, ...]) -> RuleResult:
+            sources = walked_sources(kernel, beside, family, self.decoded, parsed)
             result = evaluate(rule, sources, options.mode)
             self.explanations[family] = explain(rule, self.requirement_name, sources, options.mode)
             return result
@@ -283,7 +284,7 @@ class ExplainingState(InstanceState):
 
     def evaluate(self, options: Options, family: str, rule: ComplianceRule, collected: Tuple[Collected, ...]) -> RuleResult:
         result = super().evaluate(options, family, rule, collected)
-        if not (len(collected) == 1 and isinstance(collected[0].walked, RuleResult)):
+        if not (collected and isinstance(collected[0].walked, RuleResult)):
             self.explanations[family] = explain(rule, self.requirement_name, self._sources(family, collected), options.mode)
         return result
 
@@ -294,6 +295,6 @@ class ExplainingState(InstanceState):
             if piece.kernel is not None:
                 sources.extend(_kernel_sources(piece.kernel, family, self.decoded))
             else:
-                sources.append(Source(_parse(piece), iptables_command(family, piece.backend), LEGACY if piece.backend == LEGACY else ''))
+                sources.append(text_source(family, piece))
         return sources or [_empty(family)]
 

@@ -127,7 +127,11 @@ def _resolve_match(match: Match, sets: SetsRead) -> Match:
     if found is None:
         why = 'no ipset {} was read with the rules (created or removed while they were read)'.format(reference)
         return replace(match, contents=SetContents(reference, unknown=why))
-    return replace(match, contents=contents_of(found, tuple(directions.split(',')), sets.snapshot))
+    try:
+        contents = contents_of(found, tuple(directions.split(',')), sets.snapshot)
+    except (ValueError, TypeError, AttributeError) as error:  # members the kernel sent in a shape not foreseen
+        contents = SetContents(found.name, found.type, unknown='its members could not be compared ({})'.format(error))
+    return replace(match, contents=contents)
 
 
 def contents_of(found: IpSet, directions: Tuple[str, ...], snapshot: IpsetSnapshot, depth: int = 0) -> SetContents:

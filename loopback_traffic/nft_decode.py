@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import struct
 import sys
 from dataclasses import dataclass, replace
@@ -1686,17 +1687,22 @@ def _m_physdev(info: bytes, revision: int, version: int) -> Match:
 
 def _m_set(info: bytes, revision: int, version: int) -> Match:
     """ipset: the kernel holds the set's index, not its name."""
-    if revision == 0:  # xt_set_info_v0: index u16, u32 flags[7]... (IPSET_DIM_MAX + 1 entries)
+    more: Tuple[Option, ...] = ()
+    if revision == 0:  # xt_set_info_v0: index u16, u32 flags[]: IPSET_SRC 1, IPSET_DST 2, IPSET_MATCH_INV 4
         index = _u16(info, 0)
-        flags = struct.unpack_from('=7I', info, 4) if len(info) >= 32 else ()
-        directions = ','.join('src' if flag & 1 else 'dst' for flag in flags if flag) or 'src'
-        inverted = False
+        flags = struct.unpack_from('=6I', info, 4) if len(info) >= 28 else ()
+        dimensions = tuple(itertools.takewhile(bool, flags))  # the kernel stops at the first zero
+        directions = ','.join('src' if flag & 1 else 'dst' for flag in dimensions) or 'src'
+        inverted = bool(dimensions and dimensions[0] & 4)
     else:
         index, dimension, flags_byte = struct.unpack_from('=HBB', info, 0)
         directions = ','.join('src' if flags_byte & (1 << bit) else 'dst' for bit in range(1, dimension + 1)) or 'src'
         inverted = bool(flags_byte & 1)  # IPSET_INV_MATCH
-    options = (Option('--match-set', ('#{}'.format(index), directions), inverted),)
-    return Match('set', options + (_set_match_options(info, revision) if revision >= 3 and len(info) >= 44 else ()))
+        if revision >= 3 and len(info) >= 44:
+            more = _set_match_options(info, revision)
+        elif flags_byte & 0x80:  # revisions 1 and 2: IPSET_RETURN_NOMATCH in the same byte
+            more = (Option('--return-nomatch'),)
+    return Match('set', (Option('--match-set', ('#{}'.format(index), directions), inverted),) + more)
 
 
 # ipset's counter comparisons (IPSET_COUNTER_*): the option and whether it is negated.

@@ -75,14 +75,27 @@ class InstanceState:
         self.evaluated[key] = (identity, result)
         return result
 
-    def walk(self, options: Options, family: str, rule: ComplianceRule) -> Callable[[KernelRuleset], RuleResult]:
-        """The evaluation of ``family`` on the kernel's ruleset alone, run while it is read (it
-        reads the chains its walks enter); it is the result when no legacy ruleset joins it."""
+    def walk(self, options: Options, family: str, rule: ComplianceRule) -> Callable[[KernelRuleset, Tuple[Collected, ...]], RuleResult]:
+        """The evaluation of ``family`` on the kernel's ruleset and the legacy rulesets beside it, run
+        while the kernel is read (it reads the chains its walks enter, with the ipsets they use): the
+        result. Each legacy ruleset is parsed once, however often the kernel is read."""
+        parsed: Dict[int, Source] = {}
 
-        def evaluate_kernel(kernel: KernelRuleset) -> RuleResult:
-            return evaluate(rule, _kernel_sources(kernel, family, self.decoded) or [_empty(family)], options.mode)
+        def evaluate_kernel(kernel: KernelRuleset, beside: Tuple[Collected, ...]) -> RuleResult:
+            return evaluate(rule, walked_sources(kernel, beside, family, self.decoded, parsed), options.mode)
 
         return evaluate_kernel
+
+
+def walked_sources(kernel: KernelRuleset, beside: Tuple[Collected, ...], family: str, decoded: DecodeCache, parsed: Dict[int, Source]) -> List[Source]:
+    """The sources of a walk run while the kernel is read: its nf_tables families, then the rulesets
+    beside it (parsed once into ``parsed``)."""
+    sources = _kernel_sources(kernel, family, decoded)
+    for piece in beside:
+        if id(piece) not in parsed:
+            parsed[id(piece)] = text_source(family, piece)
+        sources.append(parsed[id(piece)])
+    return sources or [_empty(family)]
 
 
 def _empty(family: str) -> Source:
@@ -90,15 +103,19 @@ def _empty(family: str) -> Source:
 
 
 def _evaluate(options: Options, family: str, rule: ComplianceRule, collected: Tuple[Collected, ...], decoded: DecodeCache) -> RuleResult:
-    if len(collected) == 1 and isinstance(collected[0].walked, RuleResult):
-        return collected[0].walked  # the kernel's ruleset alone, evaluated while it was read
+    if collected and isinstance(collected[0].walked, RuleResult):
+        return collected[0].walked  # the kernel's ruleset with the rulesets beside it, evaluated while it was read
     sources: List[Source] = []
     for piece in collected:
         if piece.kernel is not None:
             sources.extend(_kernel_sources(piece.kernel, family, decoded))
         else:
-            sources.append(Source(_parse(piece), iptables_command(family, piece.backend), LEGACY if piece.backend == LEGACY else ''))
+            sources.append(text_source(family, piece))
     return evaluate(rule, sources or [_empty(family)], options.mode)
+
+
+def text_source(family: str, piece: Collected) -> Source:
+    return Source(_parse(piece), iptables_command(family, piece.backend), LEGACY if piece.backend == LEGACY else '')
 
 
 def _kernel_sources(kernel: KernelRuleset, family: str, decoded: DecodeCache) -> List[Source]:

@@ -115,7 +115,10 @@ def test_bits():
         ('-j MARK --set-mark 0x2', '-m mark --mark 0x2', ALL),
         ('-j MARK --or-mark 0x4', '-m mark --mark 0x4/0x4', ALL),
         ('-j MARK --and-mark 0x0', '-m mark --mark 0x0', ALL),
-        ('-j CONNMARK --set-xmark 0x1/0xffffffff', '-m connmark --mark 0x1', ALL),
+        # INVALID packets have no connection (the match fails for them): never all, but none where it contradicts
+        ('-j CONNMARK --set-xmark 0x1/0xffffffff', '-m connmark --mark 0x1', SOME),
+        ('-j CONNMARK --set-xmark 0x1/0xffffffff', '-m connmark --mark 0x2', NONE),
+        ('-j CONNMARK --set-xmark 0x1/0xffffffff', '-m connmark ! --mark 0x1', NONE),
         ('-j MARK --set-xmark 0x8000/0x8000', '-m connmark --mark 0x8000/0x8000', SOME),
     ],
 )
@@ -152,12 +155,15 @@ def _zone_match(*values, negated=False):
 def test_a_ct_zone_set_before_conntrack_makes_zone_matches_decidable():
     unattached = replace(V4[SPOOF], conntrack=CT_UNATTACHED)
     zoned = after(rule('', 'CT --zone 5'), ALL, unattached)
-    assert classify(_zone_match('5'), zoned) is ALL
-    assert classify(_zone_match('1', '5'), zoned) is ALL
+    # INVALID packets have no connection, so no zone: a zone match is never all of a class
+    assert classify(_zone_match('5'), zoned) is SOME
+    assert classify(_zone_match('1', '5'), zoned) is SOME
     assert classify(_zone_match('5', negated=True), zoned) is NONE
     assert classify(_zone_match('6'), zoned) is NONE
+    assert classify(_zone_match('6', negated=True), zoned) is SOME
     assert classify(_zone_match('5'), unattached) is SOME  # no template: the zone is not known
     assert after(rule('', 'CT --zone-orig 7'), ALL, unattached).zone.test(7, 0xFFFF) is True
+    assert classify(_zone_match('7'), after(rule('', 'CT --zone-orig 7'), ALL, unattached)) is SOME
     assert after(rule('', 'CT --zone mark'), ALL, unattached).zone.known == 0
     # Set for part of the class, or on packets already tracked: not known.
     part = rule('-p udp', 'CT --zone 5')

@@ -113,12 +113,12 @@ def test_two_walks_of_one_family_in_one_generation_each_get_their_own_result(net
     netns.restore(filter_table('-A INPUT -i lo -j ACCEPT', '-A INPUT -s 127.0.0.0/8 -j DROP', '-A OUTPUT -o lo -j DROP',
                                input_policy='DROP'), 'ipv4')
     opts, cache = options(netns, 'ipv4'), KernelCache()
-    (first,) = collect(opts, 'ipv4', cache=cache, walk=lambda kernel: 'first', walk_key='first')
-    (second,) = collect(opts, 'ipv4', cache=cache, walk=lambda kernel: 'second', walk_key='second')
+    (first,) = collect(opts, 'ipv4', cache=cache, walk=lambda kernel, beside: 'first', walk_key='first')
+    (second,) = collect(opts, 'ipv4', cache=cache, walk=lambda kernel, beside: 'second', walk_key='second')
     assert first.kernel.generation == second.kernel.generation and (first.walked, second.walked) == ('first', 'second')
     walked = []
 
-    def walk(kernel):
+    def walk(kernel, beside):
         walked.append('again')
         return 'again'
 

@@ -137,16 +137,26 @@ def test_a_list_set_matches_what_any_member_set_matches():
         ((Option('--update-counters', (), True), Option('--update-subcounters', (), True)), ALL),  # no effect on what matches
         ((Option('--packets-gt', ('5',)),), SOME),
         ((Option('--bytes-eq', ('7',), True),), SOME),
-        ((Option('--return-nomatch'),), ALL),  # no nomatch member
+        ((Option('--return-nomatch'),), NONE),  # only nomatch members match then: there are none
     ],
 )
 def test_match_options(extra, expected):
     assert judged((LOOP,), SPOOF, extra=extra) is expected
 
 
-def test_return_nomatch_with_nomatch_members_is_some():
-    holes = a_set('s', 'hash:net', *nets('127.0.0.0/8', nomatch=('10.0.0.0/8',)))
-    assert judged((holes,), SPOOF, extra=(Option('--return-nomatch'),)) is SOME
+def test_return_nomatch_matches_the_nomatch_members_only():
+    flag = (Option('--return-nomatch'),)
+    holes = a_set('s', 'hash:net', *nets('127.0.0.0/8', nomatch=('127.0.0.0/9',)))
+    assert judged((holes,), SPOOF, extra=flag) is SOME
+    assert judged((holes,), SPOOF, extra=flag, negated=True) is SOME
+    elsewhere = a_set('s', 'hash:net', *nets('127.0.0.0/8', nomatch=('10.0.0.0/9',)))
+    assert judged((elsewhere,), SPOOF, extra=flag) is NONE
+    assert judged((LOOP,), SPOOF, extra=flag, negated=True) is ALL
+    # A type without nomatch members (no net dimension) ignores the flag.
+    hosts = a_set('s', 'hash:ip', Member(address=net('127.0.0.1/32')))
+    assert judged((hosts,), SPOOF, extra=flag) is SOME
+    listed = a_set('s', 'list:set', Member(set_name='loop'), family='unspec')
+    assert judged((listed, a_set('loop', 'hash:net', *nets('127.0.0.0/8'))), SPOOF, extra=flag) is NONE
 
 
 def test_sets_not_read_keep_the_match_some_and_say_why():
@@ -178,6 +188,10 @@ def test_the_kernels_index_is_looked_up_and_the_text_names_the_set():
             struct.pack('=HBB4xQB7xQB7xI4x', 4, 1, 0b010, 5, 4, 0, 0, 0x88),
             [('--match-set', ('#4', 'src'), False), ('--packets-gt', ('5',), False), ('--update-counters', (), True), ('--return-nomatch', (), False)],
         ),
+        # revisions 1 and 2: return-nomatch in the flags byte
+        (2, struct.pack('=HBB', 4, 1, 0x82), [('--match-set', ('#4', 'src'), False), ('--return-nomatch', (), False)]),
+        # revision 0: a u32 per dimension (IPSET_SRC 1, IPSET_DST 2, IPSET_MATCH_INV 4 in the first), up to the first zero
+        (0, struct.pack('=H2x7I', 4, 1 | 4, 2, 0, 1, 0, 0, 0), [('--match-set', ('#4', 'src,dst'), True)]),
         # v3: operator then value
         (3, struct.pack('=HBB4xB7xQB7xQI4x', 4, 1, 0b010, 0, 0, 2, 7, 0), [('--match-set', ('#4', 'src'), False), ('--bytes-eq', ('7',), True)]),
     ],
@@ -230,3 +244,10 @@ def test_a_set_changed_behind_the_same_rules_is_another_ruleset():
     assert before.identity == same.identity and before.identity != after.identity
     reordered = sets(a_set('loop', 'hash:net', *nets('127.0.0.0/9', '127.128.0.0/9')))
     assert sets(a_set('loop', 'hash:net', *nets('127.128.0.0/9', '127.0.0.0/9'))).identity == reordered.identity
+
+
+def test_members_in_an_unforeseen_shape_keep_the_match_some_instead_of_failing():
+    odd = a_set('s', 'hash:net', Member(address='127.0.0.0/8'))  # not a network object
+    rule = resolve_rule(set_rule('s'), sets(odd))
+    assert classify(rule, V4[SPOOF]) is SOME
+    assert 'could not be compared' in rule.matches[0].contents.unknown

@@ -10,7 +10,7 @@ from datadog_checks.loopback_traffic.results import Status
 from datadog_checks.loopback_traffic.report import explanation
 
 from .netns import netns, netns_pair, probe_loopback, probe_spoofed_loopback_source, require_tools  # noqa: F401
-from .rulesets import filter_table
+from .rulesets import filter_table, table
 from .test_collection import evaluate_with, namespace_path
 
 PASS, PARTIAL, FAIL = Status.PASS, Status.PARTIAL, Status.FAIL
@@ -181,3 +181,42 @@ def test_a_save_through_a_wrapper_keeps_the_set_some_and_says_why(netns_pair):
     (why,) = requirement.uncertain
     assert why.startswith('ipset lt-loop: ') and 'wrapper command' in why
     assert why in explanation(requirement)
+
+
+@pytest.mark.parametrize('collection', COLLECTIONS)
+def test_return_nomatch_matches_only_the_nomatch_members(netns_pair, collection):
+    """With `--return-nomatch` a hash:net set's ordinary members do not match: the spoofed packets pass."""
+    receiver = netns_pair.receiver
+    make_sets(receiver, 'create lt-loop hash:net', 'add lt-loop 127.0.0.0/8')
+    receiver.restore(filter_table(_ACCEPT_LO[0], '-A INPUT -m set --match-set lt-loop src --return-nomatch -j DROP', _ACCEPT_LO[1]), 'ipv4')
+    assert probe_spoofed_loopback_source(netns_pair, 'ipv4')
+    assert status(judged(receiver, collection), INPUT_DROP_LOOPBACK_SOURCE) is FAIL
+
+
+@pytest.mark.parametrize('where', ['INPUT', 'LOCHAIN'])
+def test_sets_used_beside_a_legacy_ruleset_are_judged_again_when_they_change(netns, where):
+    """A legacy mangle OUTPUT at the priority of iptables-nft's leaves the mark unknown, so the lo
+    input walk reaches a set rule (in INPUT, or in a chain only that combined walk enters): the chain
+    is read, and the set's change between runs of one instance is seen."""
+    require_tools('iptables-legacy-restore')
+    make_sets(netns, 'create lt-s hash:net', 'add lt-s 10.0.0.0/8')
+    netns.restore(table('mangle', ['-A OUTPUT -j MARK --set-xmark 0x1/0x1']), 'ipv4', 'legacy')
+    set_rule = '-A {} -i lo -m set --match-set lt-s src -j DROP'.format(where)
+    rules = [set_rule] if where == 'INPUT' else ['-A INPUT -i lo -j LOCHAIN', set_rule]
+    netns.restore(
+        table('mangle', ['-A OUTPUT -j MARK --set-xmark 0x0/0x1'])
+        + filter_table(
+            '-A INPUT -s 127.0.0.0/8 ! -i lo -j DROP', '-A INPUT -m mark --mark 0x0/0x1 -j ACCEPT', *rules,
+            '-A OUTPUT -o lo -j ACCEPT', chains=[] if where == 'INPUT' else ['LOCHAIN'],
+        ),
+        'ipv4',
+    )
+    state = InstanceState()
+    assert probe_loopback(netns, 'ipv4', 'udp')
+    assert status(judged(netns, 'auto', state=state), INPUT_ACCEPT_LO) is PASS
+    netns.run(['ipset', 'add', 'lt-s', '127.0.0.0/8'], check=True)
+    assert not probe_loopback(netns, 'ipv4', 'udp')
+    result = judged(netns, 'auto', state=state)
+    assert status(result, INPUT_ACCEPT_LO) is FAIL
+    deciding = result.requirement(INPUT_ACCEPT_LO).deciding
+    assert (deciding.ruleset, deciding.chain, deciding.index) == (('', 'INPUT', 3) if where == 'INPUT' else ('', 'LOCHAIN', 1))
