@@ -633,19 +633,21 @@ class NetlinkReader:
 
     def chain_index(self, known: Optional[Dict[Tuple[int, bytes], Tuple[str, str, str]]] = None) -> Tuple[List[KernelChain], Set[Tuple[str, str, str]]]:
         """Every chain's (family, table, name), and the base chains in full: on a Kubernetes node the
-        tens of thousands of service chains cost a name each. ``known`` maps a digest of each
-        regular chain's message to its name: a message read before is not parsed again (``known``
-        is left with this read's)."""
+        tens of thousands of service chains cost a name each. ``known`` maps each regular chain's
+        message (its family and attributes) to its name: a message read before is not parsed again
+        (``known`` is left with this read's)."""
         base: List[KernelChain] = []
         names: Set[Tuple[str, str, str]] = set()
         strings = _Names()
         families: Dict[int, str] = {}
         earlier = known if known is not None else {}
         regular: Dict[Tuple[int, bytes], Tuple[str, str, str]] = {}
-        blake2b = hashlib.blake2b
+        add_name = names.add
 
         def handle(number: int, data: bytes, start: int, end: int) -> None:
-            key = (number, blake2b(memoryview(data)[start:end], digest_size=16).digest())  # not res_id: the generation
+            # The attributes only: the nfgenmsg header's res_id is the generation. A dictionary
+            # look-up of the bytes costs less than a digest of them, for about as much memory.
+            key = (number, data[start:end])
             found = earlier.get(key)
             if found is None:
                 family = families.get(number)
@@ -654,11 +656,11 @@ class NetlinkReader:
                 table, name, is_base = _chain_identity(data, start, end, strings)
                 found = (family, table, name)
                 if is_base:
-                    base.append(parse_chain(number, data[start:end]))
-                    names.add(found)
+                    base.append(parse_chain(number, key[1]))
+                    add_name(found)
                     return
             regular[key] = found
-            names.add(found)
+            add_name(found)
 
         self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, what='listing the chains')
         if known is not None:

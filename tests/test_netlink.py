@@ -267,6 +267,10 @@ def test_the_chain_index_reads_a_chain_message_once() -> None:
     assert all(known[key] is value for key, value in seen.items()) and len(known) == 2
     base, names = FedReader([CHAIN + done()]).chain_index(known)
     assert names == {('inet', 'filter', 'input')} and known == {}  # what the last read had
+    # the same attributes in another family are another chain
+    same_bytes_in_ip = message(netlink.NFT_MSG_NEWCHAIN, attrs_of(_chain_named('user')), family=2)
+    base, names = FedReader([_chain_named('user') + same_bytes_in_ip + done()]).chain_index(known)
+    assert names == {('inet', 'filter', 'user'), ('ip', 'filter', 'user')} and len(known) == 2
 
 
 def test_reader_maps_kernel_errors() -> None:
