@@ -20,7 +20,7 @@ from typing import BinaryIO, Callable, Dict, Hashable, Iterable, List, Optional,
 from .config import LEGACY, NFT, Options
 from .ipset import IpsetError, IpsetReader
 from .ipset_contents import MATCH_SET, NOT_IN_A_SAVED_RULESET, SetsOnDemand, SetsRead
-from .netlink import KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, read_consistent
+from .netlink import ChainMessages, KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, read_consistent
 from .nf_tables import ChainKey, ChainRules, KernelRule, KernelRuleset, KernelSet
 from .namespaces import in_network_namespace
 from .runner import CollectionError, command_line
@@ -86,7 +86,7 @@ class KernelCache:
         # again, and its rules are the same objects (what was decoded of them is found again).
         self.chains: Dict[ChainKey, KnownRules] = {}
         self._reading: Dict[ChainKey, KnownRules] = {}
-        self.chain_messages: Dict[Tuple[int, bytes], ChainKey] = {}  # for reader.chain_index
+        self.chain_messages: ChainMessages = {}  # for reader.chain_index
 
     def chain_rules(self, reader: NetlinkReader, key: ChainKey) -> Tuple[KernelRule, ...]:
         known = self._reading.get(key) or self.chains.get(key)

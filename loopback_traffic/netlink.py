@@ -66,6 +66,7 @@ __all__ = [
     'family_number',
     'NetlinkReader',
     'KnownRules',
+    'ChainMessages',
     'read_consistent',
     'read_ruleset',
 ]
@@ -538,6 +539,11 @@ def _kernel_error(code: int, text: str, what: str) -> NetlinkError:
 Handler = Callable[[int, bytes, int, int], None]
 
 
+# Per nfgenmsg family, the regular chains' messages (their attributes) -> (family, table, name).
+ChainMessages = Dict[int, Dict[bytes, Tuple[str, str, str]]]
+_NO_MESSAGES: Dict[bytes, Tuple[str, str, str]] = {}
+
+
 class KnownRules(NamedTuple):
     """A chain's rules as read, and the digest of the messages they were read from."""
 
@@ -631,34 +637,35 @@ class NetlinkReader:
         self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, family=_family(family), what='listing the chains')
         return found
 
-    def chain_index(self, known: Optional[Dict[Tuple[int, bytes], Tuple[str, str, str]]] = None) -> Tuple[List[KernelChain], Set[Tuple[str, str, str]]]:
+    def chain_index(self, known: Optional[ChainMessages] = None) -> Tuple[List[KernelChain], Set[Tuple[str, str, str]]]:
         """Every chain's (family, table, name), and the base chains in full: on a Kubernetes node the
-        tens of thousands of service chains cost a name each. ``known`` maps a digest of each
-        regular chain's message to its name: a message read before is not parsed again (``known``
-        is left with this read's)."""
+        tens of thousands of service chains cost a name each. ``known`` maps, per nfgenmsg family,
+        each regular chain's message (its attributes) to its name: a message read before is not
+        parsed again (``known`` is left with this read's)."""
         base: List[KernelChain] = []
         names: Set[Tuple[str, str, str]] = set()
         strings = _Names()
-        families: Dict[int, str] = {}
-        earlier = known if known is not None else {}
-        regular: Dict[Tuple[int, bytes], Tuple[str, str, str]] = {}
-        blake2b = hashlib.blake2b
+        earlier: ChainMessages = known if known is not None else {}
+        regular: ChainMessages = {}
+        add_name = names.add
 
         def handle(number: int, data: bytes, start: int, end: int) -> None:
-            key = (number, blake2b(memoryview(data)[start:end], digest_size=16).digest())  # not res_id: the generation
-            found = earlier.get(key)
+            # The attributes only (the nfgenmsg header's res_id is the generation): a look-up of
+            # the bytes costs less than a digest of them, for about as much memory.
+            message = data[start:end]
+            found = earlier.get(number, _NO_MESSAGES).get(message)
             if found is None:
-                family = families.get(number)
-                if family is None:
-                    family = families[number] = family_name(number)
                 table, name, is_base = _chain_identity(data, start, end, strings)
-                found = (family, table, name)
+                found = (family_name(number), table, name)
                 if is_base:
-                    base.append(parse_chain(number, data[start:end]))
-                    names.add(found)
+                    base.append(parse_chain(number, message))
+                    add_name(found)
                     return
-            regular[key] = found
-            names.add(found)
+            read = regular.get(number)
+            if read is None:
+                read = regular[number] = {}
+            read[message] = found
+            add_name(found)
 
         self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, what='listing the chains')
         if known is not None:

@@ -795,6 +795,9 @@ def _masked(value: _Value, data: bytes) -> Tuple[bytes, bytes]:
 
 def _address_option(value: _Value, data: bytes) -> str:
     field = value.field
+    if value.mask is None and len(data) == field.size:  # one address (most of a Kubernetes node's): /32, /128
+        shown = '{}.{}.{}.{}'.format(*data) if field.version == 4 and len(data) == 4 else str(_address(data, field.version))
+        return '{}/{}'.format(shown, len(data) * 8)
     data, mask = _masked(value, data)
     pad = field.size - len(data)
     return _network_text(data + b'\0' * pad, mask + b'\0' * pad, field.version)
@@ -1976,8 +1979,11 @@ def leading_conditions(raw: bytes, version: int) -> Optional[Tuple[Match, ...]]:
 
 
 _unpack_header = struct.Struct('=HH').unpack_from
+_unpack_two_headers = struct.Struct('=HHHH').unpack_from  # an element's header and its first attribute's
 # The names the shortcut reads, as the kernel sends them (NUL-terminated).
 _PLAIN_NAMES = {(name + '\0').encode(): name for name in ('payload', 'meta', 'bitwise', 'cmp') + tuple(_PASSED_OVER)}
+# Of those, the ones whose data the shortcut reads (it passes over the others).
+_FOLLOWED_NAMES = frozenset(name for name in _PLAIN_NAMES.values() if name not in _PASSED_OVER)
 
 
 def _plain_expressions(raw: bytes) -> Optional[List[Tuple[str, bytes]]]:
@@ -1985,17 +1991,20 @@ def _plain_expressions(raw: bytes) -> Optional[List[Tuple[str, bytes]]]:
     name, then the data, nothing else): what :func:`.nf_tables.expressions_of` gives then, without
     its dictionaries. A name not read by the shortcut is ''. None for any other layout."""
     found: List[Tuple[str, bytes]] = []
+    append, names, followed = found.append, _PLAIN_NAMES, _FOLLOWED_NAMES
     offset, end = 0, len(raw)
     while offset + 4 <= end:
-        length, kind = _unpack_header(raw, offset)
+        if offset + 8 <= end:
+            length, kind, name_length, name_kind = _unpack_two_headers(raw, offset)
+        else:
+            (length, kind), name_length, name_kind = _unpack_header(raw, offset), 0, 0
         after = offset + length
         if length < 4 or after > end:
             return None
         if kind & 0x3FFF == 1:  # NFTA_LIST_ELEM
-            start = offset + 4
-            if start + 4 > after:
+            if length < 8:  # no room for the name's header
                 return None
-            name_length, name_kind = _unpack_header(raw, start)
+            start = offset + 4
             data_at = start + ((name_length + 3) & ~3)
             if name_kind & 0x3FFF != 1 or name_length < 4 or data_at + 4 > after:
                 return None
@@ -2003,8 +2012,8 @@ def _plain_expressions(raw: bytes) -> Optional[List[Tuple[str, bytes]]]:
             data_end = data_at + data_length
             if data_kind & 0x3FFF != 2 or data_length < 4 or data_end > after or data_at + ((data_length + 3) & ~3) + 4 <= after:
                 return None
-            name = _PLAIN_NAMES.get(raw[start + 4 : start + name_length], '')
-            found.append((name, raw[data_at + 4 : data_end] if name and name not in _PASSED_OVER else b''))
+            name = names.get(raw[start + 4 : start + name_length], '')
+            append((name, raw[data_at + 4 : data_end] if name in followed else b''))
         offset += (length + 3) & ~3
     return found
 

@@ -107,6 +107,46 @@ def test_ipv6_addresses():
     assert agrees(rule, 'ip6') == (Match('', (Option('-d', ('fd00:10:96::1/128',)),)),)
 
 
+def test_one_address_is_written_as_the_masked_form_writes_it():
+    """The text of an unmasked address comparison (the shortcut for one address) is what the general
+    path (mask, pad, prefix) writes, in both families and for compared lengths short of the field."""
+    import random
+
+    from datadog_checks.loopback_traffic.nft_decode import _address_option, _Field, _masked, _network_text, _Value
+
+    chosen = random.Random(11)
+    for version, size in ((4, 4), (6, 16)):
+        field = _Field('address', 'ip daddr', '-d', size=size, version=version)
+        for _ in range(300):
+            length = chosen.choice((size, size, chosen.randint(1, size)))
+            data = bytes(chosen.choice((0, 255, chosen.randrange(256))) for _ in range(length))
+            value = _Value(field, length)
+            masked, mask = _masked(value, data)
+            pad = size - length
+            assert _address_option(value, data) == _network_text(masked + b'\0' * pad, mask + b'\0' * pad, version), (version, data)
+
+
+def test_plain_layouts_of_every_length_read_as_the_general_parse_reads_them():
+    """The shortcut's parse of the expressions, cut at every byte and with odd elements appended, is
+    the general parse's (names, data) or None."""
+    from datadog_checks.loopback_traffic.nf_tables import expressions_of
+    from datadog_checks.loopback_traffic.nft_decode import _PASSED_OVER, _PLAIN_NAMES, _plain_expressions
+
+    rule = nb.rule(nb.meta(META_L4PROTO), nb.cmp(nb.EQ, b'\x06'), nb.payload(NETWORK, 16, 4), nb.cmp(nb.EQ, bytes([10, 96, 0, 1])),
+                   nb.compat_match('comment', 0, b'svc'.ljust(256, b'\0')), nb.counter(), nb.verdict(nb.JUMP, 'KUBE-SVC-X'))
+    raw = rule.raw_expressions
+    candidates = [raw[:cut] for cut in range(len(raw) + 1)]
+    candidates += [raw + tail for tail in (b'\x04\x00\x01\x00', b'\x08\x00\x01\x00\x04\x00\x01\x00', b'\x06\x00\x02\x00ab\0\0', b'\x04\x00')]
+    for candidate in candidates:
+        plain = _plain_expressions(candidate)
+        if plain is None:
+            continue
+        general = [(expression.name, expression.data) for expression in expressions_of(candidate)]
+        shown = {name for name in _PLAIN_NAMES.values()}
+        expected = [(name if name in shown else '', data if name in shown and name not in _PASSED_OVER else b'') for name, data in general]
+        assert plain == expected, candidate
+
+
 # ----------------------------------------------------------------------------- real rulesets: verdicts and deciding rules
 
 _READER = textwrap.dedent('''

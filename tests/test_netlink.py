@@ -257,16 +257,22 @@ def _chain_named(name: str, res_id: int = 0) -> bytes:
 
 
 def test_the_chain_index_reads_a_chain_message_once() -> None:
-    known: Dict[Tuple[int, bytes], Tuple[str, str, str]] = {}
+    known: netlink.ChainMessages = {}
     base, names = FedReader([CHAIN + _chain_named('user') + done()]).chain_index(known)
     assert [chain.name for chain in base] == ['input'] and names == {('inet', 'filter', 'input'), ('inet', 'filter', 'user')}
-    assert list(known.values()) == [('inet', 'filter', 'user')]  # base chains are always read in full
-    seen = dict(known)
+    assert list(known[1].values()) == [('inet', 'filter', 'user')]  # base chains are always read in full
+    seen = dict(known[1])
     base, names = FedReader([CHAIN + _chain_named('user', res_id=3) + _chain_named('other') + done()]).chain_index(known)
     assert [chain.name for chain in base] == ['input'] and names == {('inet', 'filter', 'input'), ('inet', 'filter', 'user'), ('inet', 'filter', 'other')}
-    assert all(known[key] is value for key, value in seen.items()) and len(known) == 2
+    assert all(known[1][key] is value for key, value in seen.items()) and len(known[1]) == 2
     base, names = FedReader([CHAIN + done()]).chain_index(known)
     assert names == {('inet', 'filter', 'input')} and known == {}  # what the last read had
+    # the same attributes in another family are another chain
+    same_bytes_in_ip = message(netlink.NFT_MSG_NEWCHAIN, attrs_of(_chain_named('user')), family=2)
+    base, names = FedReader([_chain_named('user') + same_bytes_in_ip + done()]).chain_index(known)
+    assert names == {('inet', 'filter', 'user'), ('ip', 'filter', 'user')} and sorted(known) == [1, 2]
+    base, names = FedReader([same_bytes_in_ip + _chain_named('user') + done()]).chain_index(known)
+    assert names == {('inet', 'filter', 'user'), ('ip', 'filter', 'user')} and all(len(messages) == 1 for messages in known.values())
 
 
 def test_reader_maps_kernel_errors() -> None:
