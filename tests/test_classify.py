@@ -254,3 +254,19 @@ def test_requirements_carry_their_class_and_literal_rule_as_data():
     assert requirement_named(INPUT_DROP_LOOPBACK_SOURCE).literal.text(SET_IPV6_LOOPBACK_TRAFFIC.loopback) == '-A INPUT -s ::1/128 -j DROP'
     spoof = requirement_named(INPUT_DROP_LOOPBACK_SOURCE).packet_class(SET_LOOPBACK_TRAFFIC.loopback)
     assert spoof.destination is None and spoof.in_interface.all_but
+
+
+_ADDRESS_TEXT = st.one_of(
+    st.ip_addresses().map(str),
+    st.tuples(st.ip_addresses(), st.integers(-1, 130)).map(lambda pair: '{}/{}'.format(*pair)),
+    st.tuples(st.ip_addresses(v=4), st.ip_addresses(v=4)).map(lambda pair: '{}/{}'.format(*pair)),  # a dotted mask
+    st.text(alphabet='0123456789abcdef.:/x +-', max_size=24),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ADDRESS_TEXT, st.sampled_from([4, 6]))
+def test_the_fast_address_parse_agrees_with_ipaddress(text, version):
+    from datadog_checks.loopback_traffic.classify import _parsed_range, _prefix_range
+
+    assert _prefix_range(text, version) == _parsed_range(text, version)
