@@ -89,20 +89,6 @@ def test_two_drops_covering_the_loopback_network_leave_no_bulk(netns_pair, colle
 
 
 @pytest.mark.parametrize('collection', COLLECTIONS)
-def test_a_mark_set_in_mangle_then_dropped_in_filter_fails_the_lo_accept(netns, collection):
-    """3. mangle PREROUTING marks every packet; filter INPUT drops the mark before the lo ACCEPT."""
-    text = table('mangle', ['-A PREROUTING -j MARK --set-xmark 0x8000/0x8000']) + filter_table(
-        '-A INPUT -m mark --mark 0x8000/0x8000 -j DROP', '-A INPUT -i lo -j ACCEPT', '-A OUTPUT -o lo -j ACCEPT'
-    )
-    netns.restore(text, 'ipv4')
-    assert not probe_loopback(netns, 'ipv4', 'udp')
-    result = judged(netns, collection)
-    assert status(result, INPUT_ACCEPT_LO) is FAIL
-    assert where(result, INPUT_ACCEPT_LO) == ('filter', 'INPUT', 1)
-    assert status(result, OUTPUT_ACCEPT_LO) is PASS
-
-
-@pytest.mark.parametrize('collection', COLLECTIONS)
 def test_synproxy_before_the_lo_accept_is_partial(netns, collection):
     """4. SYNPROXY without its companion rules: TCP over lo fails, UDP passes."""
     netns.restore(
@@ -194,13 +180,15 @@ def test_native_fib_reverse_path_drop(netns_pair):
 @pytest.mark.parametrize(
     'setting, criteria',
     [
-        (('mangle', '-A OUTPUT -o lo -j MARK --set-xmark 0x8000/0x8000'), '-m mark --mark 0x8000/0x8000'),
-        (('raw', '-A OUTPUT -j CT --notrack'), '-m conntrack --ctstate UNTRACKED'),
+        # 3. mangle PREROUTING marks every packet; filter INPUT drops the mark before the lo ACCEPT
+        pytest.param(('mangle', '-A PREROUTING -j MARK --set-xmark 0x8000/0x8000'), '-m mark --mark 0x8000/0x8000', id='prerouting-mark'),
+        pytest.param(('mangle', '-A OUTPUT -o lo -j MARK --set-xmark 0x8000/0x8000'), '-m mark --mark 0x8000/0x8000', id='output-mark'),
+        pytest.param(('raw', '-A OUTPUT -j CT --notrack'), '-m conntrack --ctstate UNTRACKED', id='output-notrack'),
     ],
 )
-def test_what_the_output_path_sets_reaches_the_lo_input_path(netns, collection, setting, criteria):
-    """A packet arriving on lo was sent through lo: the mark (or notrack) set on its way out is what
-    the input chains see."""
+def test_a_state_set_earlier_then_dropped_in_filter_fails_the_lo_accept(netns, collection, setting, criteria):
+    """Set for every packet earlier on the path, or on the way out (a packet arriving on lo was sent
+    through lo): what the input chains see."""
     text = table(setting[0], [setting[1]]) + filter_table('-A INPUT {} -j DROP'.format(criteria), '-A INPUT -i lo -j ACCEPT', '-A OUTPUT -o lo -j ACCEPT')
     netns.restore(text, 'ipv4')
     assert not probe_loopback(netns, 'ipv4', 'udp')
