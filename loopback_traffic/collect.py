@@ -15,6 +15,7 @@ import errno
 import os
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import BinaryIO, Callable, Dict, Hashable, Iterable, List, Optional, Tuple
 
 from .config import LEGACY, NFT, Options
@@ -43,10 +44,10 @@ class Collected:
     walked: object = field(default=None, compare=False)  # what the walk returned while the kernel was read
     sets: Optional[SetsRead] = None  # the ipsets its set matches name, where it has any
 
-    @property
+    @cached_property
     def identity(self) -> Tuple[object, ...]:
         """Equal for the same ruleset: the same text, or the same nf_tables generation, with the
-        same contents of the ipsets it uses."""
+        same contents of the ipsets it uses (computed once: a run compares it twice)."""
         sets = self.sets.identity if self.sets is not None else None
         if self.kernel is not None:
             return (self.backend, self.origin, self.kernel.generation, sets)
@@ -163,9 +164,7 @@ def read_ipsets(options: Options) -> SetsRead:
         in_network_namespace(options.network_namespace, reader.open)
         with reader:
             return SetsRead(reader.sets())
-    except IpsetError as error:
-        return SetsRead(unread='the ipsets could not be read: {}'.format(error))
-    except CollectionError as error:  # the namespace could not be entered
+    except (IpsetError, CollectionError) as error:  # CollectionError: the namespace could not be entered
         return SetsRead(unread='the ipsets could not be read: {}'.format(error))
 
 

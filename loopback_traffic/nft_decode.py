@@ -310,10 +310,9 @@ class _DecodedRules(Sequence[Rule]):
         # For the walk's own use, as long as these rules are unchanged (what it knows of them).
         self.walk_memo: Optional[Dict[Any, Any]] = {} if decoding.shortcuts else None
         for raw in raw_rules:
-            if _XT_SET in raw.raw_expressions:
+            if _looks_up_sets(raw.raw_expressions):
                 self.reusable = False
-            if _SET_LOOKUP in raw.raw_expressions:
-                self.reusable = False
+            if _SET_LOOKUP in raw.raw_expressions:  # a verdict map stands for several rules: decoded now
                 decoded = decoding.decode(raw)
                 self._items.extend(decoded) if isinstance(decoded, tuple) else self._items.append(decoded)
             else:
