@@ -49,6 +49,10 @@ class LoopbackTrafficCheck(AgentCheck, ConfigMixin):
         for problem in unusable_commands(self.options):
             self.log.warning('loopback_traffic: %s; the check reports UNKNOWN until it is installed or configured', problem)
 
+    def cancel(self) -> None:
+        """The Agent unschedules the check: the nf_tables change watch's socket is closed."""
+        self.state.kernel.close()
+
     def today(self) -> datetime.date:
         """The date waivers are judged on (UTC)."""
         return datetime.datetime.now(datetime.timezone.utc).date()

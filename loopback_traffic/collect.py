@@ -16,13 +16,14 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import BinaryIO, Callable, Dict, Hashable, Iterable, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, FrozenSet, Hashable, Iterable, List, NamedTuple, Optional, Tuple
 
 from .config import LEGACY, NFT, Options
 from .ipset import IpsetError, IpsetReader
 from .ipset_contents import MATCH_SET, NOT_IN_A_SAVED_RULESET, SetsOnDemand, SetsRead
 from .netlink import ChainMessages, KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, read_consistent
-from .nf_tables import ChainKey, ChainRules, KernelRule, KernelRuleset, KernelSet
+from .nf_tables import ChainKey, ChainRules, KernelChain, KernelRule, KernelRuleset, KernelSet
+from .nft_changes import NOTHING_CHANGED, Changes, ChangeWatch
 from .namespaces import in_network_namespace
 from .runner import CollectionError, command_line
 from .saves import is_wrapped, legacy_tables_present, read_file, read_stream as read_saved_stream, run_save, save_command, tool_kind, uses_netlink
@@ -74,48 +75,136 @@ def read_stream(stream: BinaryIO, origin: str, max_output_bytes: Optional[int] =
 Walk = Callable[[KernelRuleset], object]
 
 
+class _Attempt(NamedTuple):
+    """One try at reading the kernel in one generation."""
+
+    generation: int
+    changes: Optional[Changes]  # what changed since the chains the cache holds were read; None: unknown
+    losses: int  # the change watch's count of lost notifications when the try began
+    read: Dict[ChainKey, KnownRules]
+
+
+class Walked(NamedTuple):
+    """What one walk returned, the ipsets it used (None: none) and the chains it was given."""
+
+    value: object
+    sets: Optional[SetsRead]
+    chains: FrozenSet[ChainKey]
+
+
 class KernelCache:
     """The nf_tables ruleset one check instance read, as far as it was read, with what the walk of
     each family returned: while the generation id stays the same (the common case every 15 s) it is
-    the ruleset the kernel runs, and nothing more is read for a family that was walked on it."""
+    the ruleset the kernel runs, and nothing more is read for a family that was walked on it.
+
+    When the generation changed, the kernel's change notifications (:class:`.ChangeWatch`) tell which
+    chains' rules changed since the chains held here were read: only those are dumped again. Where
+    the notifications cannot prove it, every chain is dumped, and one whose bytes are the same keeps
+    its parsed rules (and what was decoded of them)."""
 
     def __init__(self) -> None:
         self.ruleset: Optional[KernelRuleset] = None
-        self.walked: Dict[Tuple[str, Hashable], object] = {}  # (family, walk key) -> what that walk returned on ``ruleset``
-        self.walked_sets: Dict[Tuple[str, Hashable], Optional[SetsRead]] = {}  # the ipsets that walk used, if any
-        # The chains read last, by what the kernel sent for them: an unchanged chain is not parsed
-        # again, and its rules are the same objects (what was decoded of them is found again).
-        self.chains: Dict[ChainKey, KnownRules] = {}
-        self._reading: Dict[ChainKey, KnownRules] = {}
+        self.walked: Dict[Tuple[str, Hashable], Walked] = {}  # (family, walk key) -> that walk, on ``ruleset``
+        self.watch = ChangeWatch()
+        self.chains: Dict[ChainKey, KnownRules] = {}  # the chains' rules as the kernel held them at ``chains_generation``
+        self.chains_generation: Optional[int] = None
+        self._earlier: Dict[ChainKey, KnownRules] = {}  # an older generation's, compared by their bytes only
+        self._attempt = _Attempt(0, None, 0, {})
         self.chain_messages: ChainMessages = {}  # for reader.chain_index
 
+    @property
+    def changes(self) -> Optional[Changes]:
+        """What changed since ``chains_generation``, for the try under way (None: unknown)."""
+        return self._attempt.changes
+
+    def begin(self, generation: int) -> None:
+        """A try at reading generation ``generation`` starts."""
+        losses = self.watch.losses()
+        if self.chains_generation is None:
+            changes: Optional[Changes] = None
+        elif generation == self.chains_generation:
+            changes = NOTHING_CHANGED
+        else:
+            changes = self.watch.changes(self.chains_generation, generation)
+        self._attempt = _Attempt(generation, changes, losses, {})
+
+    def advance(self, generation: int) -> None:
+        """Where the notifications prove that only rules changed since the ruleset held here was read,
+        it becomes the ruleset of ``generation``, less the chains whose rules changed; so do the walks
+        that were given none of those chains (a walk is a function of the chains it was given, the
+        tables, chains and sets, and the ipsets it used, which the caller checks)."""
+        last = self.ruleset
+        if last is None or last.generation != self.chains_generation or last.generation == generation:
+            return
+        changes = self.watch.changes(last.generation, generation)
+        if changes is None or changes.structure:
+            return
+        touches = changes.touches
+        self.chains = {key: rules for key, rules in self.chains.items() if not touches(key)}
+        kept = {key: rules for key, rules in last.rules.items() if not touches(key)}
+        self.ruleset = replace(last, generation=generation, rules=ChainRules(kept))
+        self.walked = {key: walked for key, walked in self.walked.items() if not any(touches(chain) for chain in walked.chains)}
+        self.chains_generation = generation
+        self.watch.read_done(generation, self.watch.losses())
+
+    def forget_changes(self) -> None:
+        """The try under way cannot follow the changes chain by chain: every chain is dumped."""
+        self._attempt = self._attempt._replace(changes=None)
+
     def chain_rules(self, reader: NetlinkReader, key: ChainKey) -> Tuple[KernelRule, ...]:
-        known = self._reading.get(key) or self.chains.get(key)
-        found = reader.chain_rules(*key, known=known)
-        self._reading[key] = found
+        attempt = self._attempt
+        found = attempt.read.get(key)
+        if found is None:
+            held = self.chains.get(key)
+            if held is not None and attempt.changes is not None and not attempt.changes.touches(key):
+                found = held
+            else:
+                found = reader.chain_rules(*key, known=held or self._earlier.get(key))
+            attempt.read[key] = found
         return found.rules
 
     def read_done(self) -> None:
-        """What the last successful read read is what the next one compares with."""
-        self.chains, self._reading = self._reading, {}
+        """The try under way read one generation: what it read is what the next one compares with."""
+        attempt = self._attempt
+        if attempt.generation == self.chains_generation:
+            self.chains.update(attempt.read)
+        elif attempt.changes is None:
+            self._earlier, self.chains = self.chains, dict(attempt.read)
+        else:
+            self._earlier = {}
+            self.chains = {key: rules for key, rules in self.chains.items() if not attempt.changes.touches(key)}
+            self.chains.update(attempt.read)
+        self.chains_generation = attempt.generation
+        self.watch.read_done(attempt.generation, attempt.losses)
+
+    def close(self) -> None:
+        self.watch.close()
 
 
 def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[KernelRuleset, Dict[ChainKey, Tuple[KernelRule, ...]]]:
     """The tables, the chains, the base chains' rules and the sets; or, in the same generation, what
-    the cache holds."""
+    the cache holds; or, where only rules changed since, what it holds with those rules read again."""
     last = cache.ruleset
     if last is not None and last.generation == generation:
         return last, {key: last.rules[key] for key in last.rules}
+    if last is not None and last.generation == cache.chains_generation and cache.changes is not None and not cache.changes.structure:
+        return replace(last, generation=generation, rules={}), _base_chain_rules(reader, cache, last.chains)
     tables = tuple(table for table in reader.tables() if table.family in _PACKET_FAMILIES and not table.dormant)
     names = {(table.family, table.name) for table in tables}
     base_chains, every_chain = reader.chain_index(cache.chain_messages)
     chains = tuple(chain for chain in base_chains if (chain.family, chain.table) in names)
-    read = {(c.family, c.table, c.name): cache.chain_rules(reader, (c.family, c.table, c.name)) for c in chains if c.hook != 'forward'}
+    chain_names = frozenset(key for key in every_chain if (key[0], key[1]) in names)
+    if last is not None and cache.changes is not None and not cache.changes.explains_gone(last.chain_names - chain_names):
+        cache.forget_changes()  # a chain was renamed: the rules jumping to it now print another name
+    read = _base_chain_rules(reader, cache, chains)
     sets: Dict[Tuple[str, str, str], KernelSet] = {}
     for family, table in sorted({(key[0], key[1]) for key in read}):
         sets.update(_read_sets(reader, family, table))
-    chain_names = frozenset(key for key in every_chain if (key[0], key[1]) in names)
     return KernelRuleset(generation, tables, chains, {}, sets, chain_names), read
+
+
+def _base_chain_rules(reader: NetlinkReader, cache: KernelCache, chains: Iterable[KernelChain]) -> Dict[ChainKey, Tuple[KernelRule, ...]]:
+    return {(c.family, c.table, c.name): cache.chain_rules(reader, (c.family, c.table, c.name)) for c in chains if c.hook != 'forward'}
 
 
 def _read_sets(reader: NetlinkReader, family: str, table: str) -> Iterable[Tuple[Tuple[str, str, str], KernelSet]]:
@@ -135,6 +224,7 @@ def _read_walking(reader: NetlinkReader, cache: KernelCache, walk: Walk, ipsets:
     """The ruleset as far as ``walk`` enters it, and what ``walk`` returned; one generation if the
     generation id is the same before and after (``read_consistent`` checks it)."""
     generation = reader.generation()
+    cache.begin(generation)
     start, read = _start(reader, cache, generation)
     rules = ChainRules(read, lambda key: _chain_rules(reader, cache, key), start.chain_names)
     ruleset = replace(start, rules=rules, ipsets=ipsets)
@@ -184,22 +274,29 @@ def read_kernel(
     key = (family, walk_key)  # several compliance rules walk one family: each walk's result is its own
     try:
         reader = NetlinkReader(options.timeout, options.max_output_bytes)
-        in_network_namespace(options.network_namespace, reader.open)
+        in_network_namespace(options.network_namespace, lambda: _open(cache, reader))
         with reader:
+            current = reader.generation()
+            cache.advance(current)
             last = cache.ruleset
-            if last is not None and key in cache.walked and reader.generation() == last.generation:
-                used = cache.walked_sets.get(key)
-                if _sets_unchanged(options, used):
-                    return last, cache.walked[key], used
+            earlier = cache.walked.get(key)
+            if last is not None and earlier is not None and current == last.generation and _sets_unchanged(options, earlier.sets):
+                return last, earlier.value, earlier.sets
             generation, (ruleset, value), used = _read_with_sets(options, reader, cache, walk)
     except NetlinkError as error:
         raise _netlink_failure(error)
     if last is None or last.generation != generation:
-        cache.walked, cache.walked_sets = {}, {}
-        cache.read_done()
+        cache.walked = {}
+    cache.read_done()
     cache.ruleset = replace(ruleset, generation=generation)
-    cache.walked[key], cache.walked_sets[key] = value, used
+    cache.walked[key] = Walked(value, used, frozenset(ruleset.rules))
     return cache.ruleset, value, used
+
+
+def _open(cache: KernelCache, reader: NetlinkReader) -> None:
+    """The change watch first: it must be subscribed before the read whose generation it follows."""
+    cache.watch.open()
+    reader.open()
 
 
 def _read_with_sets(

@@ -1,0 +1,325 @@
+"""What changed in nf_tables between two generations, told by the kernel's change notifications.
+
+Every committed nf_tables transaction is announced to the NFNLGRP_NFTABLES multicast group: one
+message per table, chain, rule, set, element, object or flowtable added or deleted, then
+NFT_MSG_NEWGEN carrying the transaction's generation id. Generation ids go up by one per
+transaction (an empty or aborted batch has none). A socket subscribed before a read therefore tells,
+at the next run, which chains' rules changed since the generation that read saw: the others need
+not be dumped again.
+
+Two layers, as in :mod:`.netlink`:
+
+* :class:`ChangeLog` (pure): the notifications received, grouped by transaction, and
+  :meth:`ChangeLog.between`, which answers only when it can prove the answer: every generation
+  between the two is present, in order, and nothing was lost;
+* :class:`ChangeWatch`: the subscribed socket, drained without blocking.
+
+Anything the log cannot vouch for (the socket's buffer overflowed, a generation is missing, a
+message it cannot read, a message type it does not know) makes the answer "unknown", and the
+caller reads everything again, as it would without notifications.
+"""
+from __future__ import annotations
+
+import errno as errno_codes
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import FrozenSet, Iterable, List, Optional, Set, Tuple, Union
+
+from .netlink import NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, SO_RCVBUFFORCE, SOL_NETLINK, family_name
+from .nf_tables import ChainKey, MalformedAttributes, attributes, be32, string
+
+NFNLGRP_NFTABLES = 7
+NETLINK_ADD_MEMBERSHIP = 1
+
+# Notification types (NFT_MSG_*) and what each one changes.
+_TABLE_MESSAGES = frozenset({0, 2, 26})  # NEWTABLE, DELTABLE, DESTROYTABLE
+_CHAIN_MESSAGES = frozenset({3, 5, 27})  # NEWCHAIN, DELCHAIN, DESTROYCHAIN
+_RULE_MESSAGES = frozenset({6, 8, 28})  # NEWRULE, DELRULE, DESTROYRULE
+# NEWSET, DELSET, NEWSETELEM, DELSETELEM, NEWOBJ, DELOBJ, NEWFLOWTABLE, DELFLOWTABLE and their DESTROY forms.
+_OTHER_STRUCTURE = frozenset({9, 11, 12, 14, 18, 20, 22, 24, 29, 30, 31, 32})
+NFT_MSG_NEWCHAIN = 3
+NFT_MSG_NEWGEN = 15
+NFTA_TABLE_NAME = 1
+NFTA_CHAIN_TABLE = 1
+NFTA_CHAIN_NAME = 3
+NFTA_RULE_TABLE = 1
+NFTA_RULE_CHAIN = 2
+NFTA_GEN_ID = 1
+
+_GENERATION_MASK = 0xFFFFFFFF
+_HEADER = struct.Struct('=IHHII')
+DEFAULT_WATCH_RCVBUF = 16 * 1024 * 1024  # a kube-proxy sync of a few thousand rules; beyond, the next read is a full one
+_RECV_SIZE = 1 << 17
+
+
+def next_generation(generation: int) -> int:
+    """The id the kernel gives the next transaction (its 32-bit counter skips 0 when it wraps)."""
+    following = (generation + 1) & _GENERATION_MASK
+    return following or 1
+
+
+def is_after(generation: int, other: int) -> bool:
+    """``generation`` came after ``other``, in serial-number arithmetic (ids wrap at 2**32)."""
+    distance = (generation - other) & _GENERATION_MASK
+    return 0 < distance < 1 << 31
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What one or more transactions changed: the chains whose rules changed, the tables added or
+    deleted (all their chains count as changed), and whether anything beyond rules changed."""
+
+    chains: FrozenSet[ChainKey] = frozenset()
+    tables: FrozenSet[Tuple[str, str]] = frozenset()
+    structure: bool = False  # tables, chains, sets, elements, objects or flowtables
+    deleted: FrozenSet[ChainKey] = frozenset()  # chains deleted (a name gone without this was renamed)
+
+    def touches(self, key: ChainKey) -> bool:
+        """Whether the rules of chain ``key`` may differ from what they were."""
+        return key in self.chains or (key[0], key[1]) in self.tables
+
+    def merged(self, other: Changes) -> Changes:
+        return Changes(self.chains | other.chains, self.tables | other.tables, self.structure or other.structure, self.deleted | other.deleted)
+
+    def explains_gone(self, gone: Iterable[ChainKey]) -> bool:
+        """Whether every chain in ``gone`` was deleted (or its table was). A chain renamed is not
+        announced under its old name, and the rules that jump to it print its new name, unchanged
+        themselves: such a change cannot be followed chain by chain."""
+        return all(key in self.deleted or (key[0], key[1]) in self.tables for key in gone)
+
+
+NOTHING_CHANGED = Changes()
+
+
+class _Unreadable(Exception):
+    """A notification the log cannot vouch for."""
+
+
+class _Transaction:
+    """The notifications received since the last NFT_MSG_NEWGEN."""
+
+    def __init__(self) -> None:
+        self.chains: Set[ChainKey] = set()
+        self.tables: Set[Tuple[str, str]] = set()
+        self.deleted: Set[ChainKey] = set()
+        self.structure = False
+
+    def add(self, kind: int, family: str, attrs: bytes) -> None:
+        if kind in _RULE_MESSAGES:
+            found = attributes(attrs)
+            self.chains.add((family, _name(found, NFTA_RULE_TABLE), _name(found, NFTA_RULE_CHAIN)))
+        elif kind in _CHAIN_MESSAGES:
+            found = attributes(attrs)
+            key = (family, _name(found, NFTA_CHAIN_TABLE), _name(found, NFTA_CHAIN_NAME))
+            self.chains.add(key)
+            if kind != NFT_MSG_NEWCHAIN:
+                self.deleted.add(key)
+            self.structure = True
+        elif kind in _TABLE_MESSAGES:
+            self.tables.add((family, _name(attributes(attrs), NFTA_TABLE_NAME)))
+            self.structure = True
+        elif kind in _OTHER_STRUCTURE:
+            self.structure = True
+        else:
+            raise _Unreadable('notification type {}'.format(kind))
+
+    def changes(self) -> Changes:
+        return Changes(frozenset(self.chains), frozenset(self.tables), self.structure, frozenset(self.deleted))
+
+
+def _name(found: dict, kind: int) -> str:  # type: ignore[type-arg]
+    value = found.get(kind)
+    if value is None:
+        raise _Unreadable('a notification without attribute {}'.format(kind))
+    return string(value)
+
+
+# Why the log could not answer.
+NOT_YET = 'not yet'  # the last transaction's notifications have not all arrived
+UNKNOWN = 'unknown'  # lost, missing or unreadable: read everything again
+
+
+class ChangeLog:
+    """The transactions announced since the log was started (or last could not vouch for them), by
+    generation id, in the order the kernel committed them."""
+
+    def __init__(self) -> None:
+        self._committed: List[Tuple[int, Changes]] = []
+        self._open = _Transaction()
+        self._trusted_after: Optional[int] = None  # after a loss: only transactions after this count
+        self.lost = False
+        self.losses = 0  # how many times notifications were lost: a read counts from the number it started at
+
+    def feed(self, data: bytes) -> None:
+        """One received datagram of notifications."""
+        try:
+            for kind, family, attrs in _notifications(data):
+                if kind == NFT_MSG_NEWGEN:
+                    self._commit(be32(attributes(attrs)[NFTA_GEN_ID]))
+                else:
+                    self._open.add(kind, family, attrs)
+        except (_Unreadable, MalformedAttributes, KeyError, struct.error):
+            self.overflowed()
+
+    def overflowed(self) -> None:
+        """Notifications were lost (the socket said ENOBUFS) or could not be read: nothing received
+        so far, or still open, can be vouched for."""
+        self.lost = True
+        self.losses += 1
+        self._committed.clear()
+        self._open = _Transaction()
+
+    def restart(self, generation: int, losses_before: int) -> None:
+        """A read consistent at ``generation`` began when :attr:`losses` was ``losses_before``:
+        transactions up to ``generation`` are known from it. If nothing was lost since it began,
+        any earlier loss hid transactions up to ``generation`` only (a later one would have made
+        the read inconsistent), so the transactions after it count again."""
+        if self.lost and self.losses == losses_before:
+            self.lost = False
+            self._trusted_after = generation
+        self.forget_through(generation)
+
+    def forget_through(self, generation: int) -> None:
+        """Transactions up to ``generation`` are no longer needed (the last read saw them)."""
+        self._committed = [entry for entry in self._committed if is_after(entry[0], generation)]
+
+    def between(self, since: int, until: int) -> Union[Changes, str]:
+        """What changed after generation ``since`` up to ``until``: :class:`Changes`, or
+        :data:`NOT_YET` (wait for more notifications) or :data:`UNKNOWN`."""
+        if until == since:
+            return NOTHING_CHANGED
+        if self.lost or not is_after(until, since):
+            return UNKNOWN
+        if self._trusted_after is not None and is_after(self._trusted_after, since):
+            return UNKNOWN  # the loss may have hidden a transaction after ``since``
+        expected = next_generation(since)
+        merged = NOTHING_CHANGED
+        for generation, changes in self._committed:
+            if generation == expected:
+                merged = merged.merged(changes)
+                if generation == until:
+                    return merged
+                expected = next_generation(generation)
+            elif is_after(generation, since):
+                return UNKNOWN  # a missing generation, or one out of order
+        return NOT_YET
+
+    def _commit(self, generation: int) -> None:
+        self._committed.append((generation, self._open.changes()))
+        self._open = _Transaction()
+
+
+def _notifications(data: bytes) -> List[Tuple[int, str, bytes]]:
+    """The nf_tables notifications of one datagram as ``(NFT_MSG type, family name, attributes)``."""
+    found: List[Tuple[int, str, bytes]] = []
+    offset, size = 0, len(data)
+    while offset < size:
+        if size - offset < 16:
+            raise _Unreadable('a truncated message header')
+        length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
+        if length < 20 or offset + length > size:
+            raise _Unreadable('a message of length {}'.format(length))
+        if kind >> 8 != NFNL_SUBSYS_NFTABLES:
+            raise _Unreadable('message type {:#x}'.format(kind))
+        found.append((kind & 0xFF, family_name(data[offset + 16]), data[offset + 20 : offset + length]))
+        offset += (length + 3) & ~3
+    return found
+
+
+class ChangeWatch:
+    """A NETLINK_NETFILTER socket subscribed to nf_tables' notifications, kept between runs. It is
+    opened in the namespace whose ruleset it watches, before the first read; where it cannot be
+    opened (no CAP_NET_ADMIN, no netlink), every answer is "unknown"."""
+
+    def __init__(self, rcvbuf: int = DEFAULT_WATCH_RCVBUF, wait: float = 0.2) -> None:
+        self.rcvbuf = rcvbuf
+        self.wait = wait  # how long to wait for a transaction whose id was read before its notifications arrived
+        self.log = ChangeLog()
+        self._sock: Optional[socket.socket] = None
+
+    @property
+    def watching(self) -> bool:
+        return self._sock is not None
+
+    def open(self) -> None:
+        """Subscribe, if not done yet. Never raises: a watch that cannot be had answers "unknown"."""
+        if self._sock is not None:
+            return
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        except (OSError, AttributeError):
+            return
+        try:
+            sock.bind((0, 0))
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return
+        self._sock = sock
+        self.log = ChangeLog()
+        self.log.overflowed()  # nothing before the first full read is vouched for
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def changes(self, since: int, until: int) -> Optional[Changes]:
+        """What changed after generation ``since`` up to ``until``, or None where the notifications
+        cannot prove it."""
+        if self._sock is None:
+            return None
+        deadline = time.monotonic() + self.wait
+        while True:
+            self.drain()
+            found = self.log.between(since, until)
+            if isinstance(found, Changes):
+                return found
+            remaining = deadline - time.monotonic()
+            sock = self._sock
+            if found == UNKNOWN or remaining <= 0 or sock is None:
+                return None
+            try:
+                select.select([sock], [], [], remaining)
+            except (OSError, ValueError):  # closed meanwhile (the Agent cancelled the check)
+                return None
+
+    def losses(self) -> int:
+        """How many losses were seen, the queue drained first: taken when a read begins."""
+        self.drain()
+        return self.log.losses
+
+    def read_done(self, generation: int, losses_before: int) -> None:
+        """A read that began at ``losses_before`` saw the ruleset at ``generation``."""
+        if self._sock is not None:
+            self.drain()
+            self.log.restart(generation, losses_before)
+
+    def drain(self) -> None:
+        """Every notification queued on the socket, without blocking."""
+        sock = self._sock
+        while sock is not None:
+            try:
+                data = sock.recv(_RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno == errno_codes.ENOBUFS:
+                    self.log.overflowed()
+                    continue
+                self.close()
+                return
+            if not data:
+                return
+            self.log.feed(data)
+
+
+__all__ = ['Changes', 'ChangeLog', 'ChangeWatch', 'NOTHING_CHANGED', 'NOT_YET', 'UNKNOWN', 'is_after', 'next_generation']
