@@ -276,8 +276,9 @@ def measure_check_run(instance: dict, repeat: int = 5, tracemalloc_run=False, di
             m.extra['floor'] = measure_floor([key for key in kernel.rules], repeat)
         sync = kube_proxy_sync(instance)
         if sync is not None:
-            # A real sync between runs: kube-proxy rewrites filter KUBE-SERVICES (new rule handles,
-            # a new generation); what the check kept from the last run is what it may reuse.
+            # A real sync between runs: kube-proxy rewrites filter KUBE-SERVICES and nat KUBE-SERVICES and
+            # KUBE-NODEPORTS (new rule handles, a new generation); what the check kept from the last run
+            # is what it may reuse.
             synced = measure(once, repeat, between=lambda: (aggregator.reset(), sync()))
             m.extra['sync_wall'] = synced.wall
             m.extra['sync_cpu'] = synced.cpu
@@ -307,15 +308,28 @@ def measure_floor(chains: list, repeat: int) -> dict:
     return {'wall': statistics.median(walls), 'chains': len(chains)}
 
 
+# The chains kube-proxy's iptables mode writes in full at every sync, whatever changed (the
+# per-service chains that did not change are left alone since its partial syncs).
+SYNCED_CHAINS = (('filter', 'KUBE-SERVICES'), ('nat', 'KUBE-SERVICES'), ('nat', 'KUBE-NODEPORTS'))
+
+
 def kube_proxy_sync(instance: dict):
-    """A function that rewrites the filter table's KUBE-SERVICES chain the way kube-proxy's sync does
-    (``iptables-restore --noflush`` of the whole chain), or None where there is no such chain."""
+    """A function that rewrites the chains kube-proxy rewrites at every sync (``SYNCED_CHAINS``), the way
+    it does (one ``iptables-restore --noflush`` of each table with those chains in full), or None where
+    the ruleset has none of them."""
     backend = 'legacy' if 'legacy' in ' '.join(instance.get('iptables_save_command', [])) else 'nft'
-    listing = subprocess.run([tool('ipv4', backend), '-t', 'filter', '-S', 'KUBE-SERVICES'], capture_output=True, text=True)
-    if listing.returncode != 0:
+    texts = {}
+    for table, chain in SYNCED_CHAINS:
+        listing = subprocess.run([tool('ipv4', backend), '-t', table, '-S', chain], capture_output=True, text=True)
+        if listing.returncode != 0:
+            continue
+        rules = [line for line in listing.stdout.splitlines() if line.startswith('-A ')]
+        texts.setdefault(table, []).append((chain, rules))
+    if not texts:
         return None
-    rules = [line for line in listing.stdout.splitlines() if line.startswith('-A ')]
-    text = '*filter\n:KUBE-SERVICES - [0:0]\n' + ''.join(line + '\n' for line in rules) + 'COMMIT\n'
+    text = ''.join('*{}\n'.format(table) + ''.join(':{} - [0:0]\n'.format(chain) for chain, _ in chains)
+                   + ''.join(line + '\n' for _, rules in chains for line in rules) + 'COMMIT\n'
+                   for table, chains in texts.items())
 
     def sync():
         subprocess.run([tool('ipv4', backend, 'restore'), '--noflush'], input=text, text=True, check=True)

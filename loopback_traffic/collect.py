@@ -128,24 +128,32 @@ class KernelCache:
             changes = self.watch.changes(self.chains_generation, generation)
         self._attempt = _Attempt(generation, changes, losses, {})
 
-    def advance(self, generation: int) -> None:
-        """Where the notifications prove that only rules changed since the ruleset held here was read,
-        it becomes the ruleset of ``generation``, less the chains whose rules changed; so do the walks
+    def advance(self, reader: NetlinkReader, generation: int) -> None:
+        """Where the notifications prove that only rules changed since the ruleset held here was read
+        (or regular chains were added or deleted too: then the chain index is read again), it
+        becomes the ruleset of ``generation``, less the chains whose rules changed; so do the walks
         that were given none of those chains (a walk is a function of the chains it was given, the
-        tables, chains and sets, and the ipsets it used, which the caller checks)."""
+        tables, base chains and sets, and the ipsets it used, which the caller checks)."""
         last = self.ruleset
         if last is None or last.generation != self.chains_generation or last.generation == generation:
             return
+        losses = self.watch.losses()
         changes = self.watch.changes(last.generation, generation)
         if changes is None or changes.structure:
             return
+        chain_names = last.chain_names
+        if changes.chain_set:
+            names = _chain_names_at(reader, last, generation, self.chain_messages)
+            if names is None or not changes.explains_gone(last.chain_names - names):
+                return
+            chain_names = names
         touches = changes.touches
         self.chains = {key: rules for key, rules in self.chains.items() if not touches(key)}
         kept = {key: rules for key, rules in last.rules.items() if not touches(key)}
-        self.ruleset = replace(last, generation=generation, rules=ChainRules(kept))
+        self.ruleset = replace(last, generation=generation, rules=ChainRules(kept), chain_names=chain_names)
         self.walked = {key: walked for key, walked in self.walked.items() if not any(touches(chain) for chain in walked.chains)}
         self.chains_generation = generation
-        self.watch.read_done(generation, self.watch.losses())
+        self.watch.read_done(generation, losses)
 
     def forget_changes(self) -> None:
         """The try under way cannot follow the changes chain by chain: every chain is dumped."""
@@ -187,7 +195,7 @@ def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[
     last = cache.ruleset
     if last is not None and last.generation == generation:
         return last, {key: last.rules[key] for key in last.rules}
-    if last is not None and last.generation == cache.chains_generation and cache.changes is not None and not cache.changes.structure:
+    if last is not None and last.generation == cache.chains_generation and cache.changes is not None and cache.changes.rules_only:
         return replace(last, generation=generation, rules={}), _base_chain_rules(reader, cache, last.chains)
     tables = tuple(table for table in reader.tables() if table.family in _PACKET_FAMILIES and not table.dormant)
     names = {(table.family, table.name) for table in tables}
@@ -201,6 +209,16 @@ def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[
     for family, table in sorted({(key[0], key[1]) for key in read}):
         sets.update(_read_sets(reader, family, table))
     return KernelRuleset(generation, tables, chains, {}, sets, chain_names), read
+
+
+def _chain_names_at(reader: NetlinkReader, last: KernelRuleset, generation: int, cache_messages: ChainMessages) -> Optional[FrozenSet[ChainKey]]:
+    """Every chain of ``last``'s tables, read at ``generation``; None where the base chains are no
+    longer ``last``'s or the generation moved during the read."""
+    tables = {(table.family, table.name) for table in last.tables}
+    base_chains, every_chain = reader.chain_index(cache_messages)
+    if tuple(chain for chain in base_chains if (chain.family, chain.table) in tables) != last.chains or reader.generation() != generation:
+        return None
+    return frozenset(key for key in every_chain if (key[0], key[1]) in tables)
 
 
 def _base_chain_rules(reader: NetlinkReader, cache: KernelCache, chains: Iterable[KernelChain]) -> Dict[ChainKey, Tuple[KernelRule, ...]]:
@@ -277,7 +295,7 @@ def read_kernel(
         in_network_namespace(options.network_namespace, lambda: _open(cache, reader))
         with reader:
             current = reader.generation()
-            cache.advance(current)
+            cache.advance(reader, current)
             last = cache.ruleset
             earlier = cache.walked.get(key)
             if last is not None and earlier is not None and current == last.generation and _sets_unchanged(options, earlier.sets):

@@ -45,6 +45,7 @@ NFT_MSG_NEWGEN = 15
 NFTA_TABLE_NAME = 1
 NFTA_CHAIN_TABLE = 1
 NFTA_CHAIN_NAME = 3
+NFTA_CHAIN_HOOK = 4
 NFTA_RULE_TABLE = 1
 NFTA_RULE_CHAIN = 2
 NFTA_GEN_ID = 1
@@ -70,19 +71,32 @@ def is_after(generation: int, other: int) -> bool:
 @dataclass(frozen=True)
 class Changes:
     """What one or more transactions changed: the chains whose rules changed, the tables added or
-    deleted (all their chains count as changed), and whether anything beyond rules changed."""
+    deleted (all their chains count as changed), whether regular chains were added or deleted, and
+    whether anything else changed (base chains, tables, sets and their elements, objects, flowtables)."""
 
     chains: FrozenSet[ChainKey] = frozenset()
     tables: FrozenSet[Tuple[str, str]] = frozenset()
-    structure: bool = False  # tables, chains, sets, elements, objects or flowtables
+    structure: bool = False
+    chain_set: bool = False  # regular chains added or deleted (or renamed)
     deleted: FrozenSet[ChainKey] = frozenset()  # chains deleted (a name gone without this was renamed)
+
+    @property
+    def rules_only(self) -> bool:
+        """Only rules changed: every table and chain is as it was."""
+        return not self.structure and not self.chain_set
 
     def touches(self, key: ChainKey) -> bool:
         """Whether the rules of chain ``key`` may differ from what they were."""
         return key in self.chains or (key[0], key[1]) in self.tables
 
     def merged(self, other: Changes) -> Changes:
-        return Changes(self.chains | other.chains, self.tables | other.tables, self.structure or other.structure, self.deleted | other.deleted)
+        return Changes(
+            self.chains | other.chains,
+            self.tables | other.tables,
+            self.structure or other.structure,
+            self.chain_set or other.chain_set,
+            self.deleted | other.deleted,
+        )
 
     def explains_gone(self, gone: Iterable[ChainKey]) -> bool:
         """Whether every chain in ``gone`` was deleted (or its table was). A chain renamed is not
@@ -106,6 +120,7 @@ class _Transaction:
         self.tables: Set[Tuple[str, str]] = set()
         self.deleted: Set[ChainKey] = set()
         self.structure = False
+        self.chain_set = False
 
     def add(self, kind: int, family: str, attrs: bytes) -> None:
         if kind in _RULE_MESSAGES:
@@ -117,7 +132,10 @@ class _Transaction:
             self.chains.add(key)
             if kind != NFT_MSG_NEWCHAIN:
                 self.deleted.add(key)
-            self.structure = True
+            if NFTA_CHAIN_HOOK in found:
+                self.structure = True  # a base chain: its hook, priority or policy
+            else:
+                self.chain_set = True
         elif kind in _TABLE_MESSAGES:
             self.tables.add((family, _name(attributes(attrs), NFTA_TABLE_NAME)))
             self.structure = True
@@ -127,7 +145,7 @@ class _Transaction:
             raise _Unreadable('notification type {}'.format(kind))
 
     def changes(self) -> Changes:
-        return Changes(frozenset(self.chains), frozenset(self.tables), self.structure, frozenset(self.deleted))
+        return Changes(frozenset(self.chains), frozenset(self.tables), self.structure, self.chain_set, frozenset(self.deleted))
 
 
 def _name(found: dict, kind: int) -> str:  # type: ignore[type-arg]

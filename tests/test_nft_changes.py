@@ -120,7 +120,7 @@ def test_a_loss_during_the_read_keeps_the_log_unknown():
 @pytest.mark.parametrize('notification, touched', [
     (message(NEWTABLE, INET, name(1, 'hostfw')), ('inet', 'hostfw', 'input')),
     (message(DELTABLE, IP, name(1, 'filter')), ('ip', 'filter', 'INPUT')),
-    (message(NEWCHAIN, IP, name(1, 'filter') + name(3, 'INPUT')), ('ip', 'filter', 'INPUT')),
+    (message(NEWCHAIN, IP, name(1, 'filter') + name(3, 'INPUT') + nla(0x8004, nla(1, struct.pack('>I', 1)))), ('ip', 'filter', 'INPUT')),
     (message(NEWSETELEM, INET, name(1, 'hostfw') + name(2, 'allowed')), None),
 ])
 def test_anything_beyond_rules_is_a_structural_change(notification, touched):
@@ -130,6 +130,15 @@ def test_anything_beyond_rules_is_a_structural_change(notification, touched):
     assert isinstance(found, Changes) and found.structure
     if touched is not None:
         assert found.touches(touched)
+
+
+def test_regular_chains_added_or_deleted_change_the_chain_set_only():
+    log = started(1)
+    log.feed(message(NEWCHAIN, IP, name(1, 'nat') + name(3, 'KUBE-SEP-NEW')) + rule_changed('nat', 'KUBE-SEP-NEW') + generation(2))
+    found = log.between(1, 2)
+    assert isinstance(found, Changes) and found.chain_set and not found.structure and not found.rules_only
+    assert found.touches(('ip', 'nat', 'KUBE-SEP-NEW')) and not found.touches(('ip', 'nat', 'KUBE-SERVICES'))
+    assert Changes(frozenset({('ip', 'nat', 'KUBE-SERVICES')})).rules_only
 
 
 def test_a_chain_gone_without_being_deleted_was_renamed():
@@ -250,6 +259,33 @@ def test_a_structural_change_is_read_again_and_unchanged_chains_are_not_dumped(n
     assert accept.status is Status.FAIL and (accept.deciding.table, accept.deciding.chain) == ('inet hostfw', 'in')
     assert ('ip', 'filter', 'LOCHAIN') not in counted_dumps and ('inet', 'hostfw', 'in') in counted_dumps
     assert not probe_loopback(netns, 'ipv4', 'udp')
+
+
+def test_chains_added_and_deleted_keep_the_walks_given_none_of_them(netns, counted_dumps):
+    """kube-proxy adds and deletes chains as endpoints come and go: the chain index is read again,
+    and a walk that none of the changed chains was given is kept."""
+    netns.restore(LOCHAIN_RULESET, 'ipv4')
+    state = InstanceState()
+    first = evaluate_with(netns, 'ipv4', state=state).result
+    netns.run(['iptables', '-N', 'KUBE-SEP-NEW'], check=True)
+    netns.run(['iptables', '-A', 'KUBE-SEP-NEW', '-j', 'DROP'], check=True)
+    counted_dumps.clear()
+    state.evaluated.clear()
+    assert evaluate_with(netns, 'ipv4', state=state).result is first and counted_dumps == []
+    assert ('ip', 'filter', 'KUBE-SEP-NEW') in state.kernel.ruleset.chain_names
+    # Then a jump to it from a chain the walk was given: that walk is redone, the new chain read.
+    netns.run(['iptables', '-I', 'LOCHAIN', '1', '-i', 'lo', '-j', 'KUBE-SEP-NEW'], check=True)
+    accept = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
+    assert sorted(counted_dumps) == [('ip', 'filter', 'KUBE-SEP-NEW'), ('ip', 'filter', 'LOCHAIN')]
+    assert accept.status is Status.FAIL and (accept.deciding.chain, accept.deciding.index) == ('KUBE-SEP-NEW', 1)
+    assert not probe_loopback(netns, 'ipv4', 'udp')
+    netns.run(['iptables', '-D', 'LOCHAIN', '1'], check=True)
+    netns.run(['iptables', '-F', 'KUBE-SEP-NEW'], check=True)
+    netns.run(['iptables', '-X', 'KUBE-SEP-NEW'], check=True)
+    counted_dumps.clear()
+    assert evaluate_with(netns, 'ipv4', state=state).result.status is Status.PASS
+    assert counted_dumps == [('ip', 'filter', 'LOCHAIN')] and ('ip', 'filter', 'KUBE-SEP-NEW') not in state.kernel.ruleset.chain_names
+    assert probe_loopback(netns, 'ipv4', 'udp')
 
 
 def test_a_renamed_chain_is_read_again_under_its_new_name(netns, counted_dumps):
