@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable, Dict, FrozenSet, Hashable, Iterable, List
 from .config import LEGACY, NFT, Options
 from .ipset import IpsetError, IpsetReader
 from .ipset_contents import MATCH_SET, NOT_IN_A_SAVED_RULESET, SetsOnDemand, SetsRead
-from .netlink import ChainMessages, KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, read_consistent
+from .netlink import ChainMessages, KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, Vanished, read_consistent
 from .nf_tables import ChainKey, ChainRules, KernelChain, KernelRule, KernelRuleset, KernelSet
 from .nft_changes import NOTHING_CHANGED, Changes, ChangeWatch
 from .namespaces import in_network_namespace
@@ -126,6 +126,8 @@ class KernelCache:
             changes = NOTHING_CHANGED
         else:
             changes = self.watch.changes(self.chains_generation, generation)
+            if changes is not None and self.ruleset is not None and self.ruleset.changes_silently:
+                changes = replace(changes, structure=True)  # its tables and sets are read again
         self._attempt = _Attempt(generation, changes, losses, {})
 
     def advance(self, reader: NetlinkReader, generation: int) -> None:
@@ -139,18 +141,20 @@ class KernelCache:
             return
         losses = self.watch.losses()
         changes = self.watch.changes(last.generation, generation)
-        if changes is None or changes.structure:
+        if changes is None or changes.structure or last.changes_silently:
             return
-        chain_names = last.chain_names
+        chain_names, newest = last.chain_names, last.newest_chains
         if changes.chain_set:
-            names = _chain_names_at(reader, last, generation, self.chain_messages)
-            if names is None or not changes.explains_gone(last.chain_names - names):
+            if changes.may_rename(last.newest_chains):
                 return
-            chain_names = names
+            index = _chain_index_at(reader, last, generation, self.chain_messages)
+            if index is None or not changes.explains_gone(last.chain_names - index[0]):
+                return
+            chain_names, newest = index
         touches = changes.touches
         self.chains = {key: rules for key, rules in self.chains.items() if not touches(key)}
         kept = {key: rules for key, rules in last.rules.items() if not touches(key)}
-        self.ruleset = replace(last, generation=generation, rules=ChainRules(kept), chain_names=chain_names)
+        self.ruleset = replace(last, generation=generation, rules=ChainRules(kept), chain_names=chain_names, newest_chains=newest)
         self.walked = {key: walked for key, walked in self.walked.items() if not any(touches(chain) for chain in walked.chains)}
         self.chains_generation = generation
         self.watch.read_done(generation, losses)
@@ -199,26 +203,46 @@ def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[
         return replace(last, generation=generation, rules={}), _base_chain_rules(reader, cache, last.chains)
     tables = tuple(table for table in reader.tables() if table.family in _PACKET_FAMILIES and not table.dormant)
     names = {(table.family, table.name) for table in tables}
-    base_chains, every_chain = reader.chain_index(cache.chain_messages)
-    chains = tuple(chain for chain in base_chains if (chain.family, chain.table) in names)
-    chain_names = frozenset(key for key in every_chain if (key[0], key[1]) in names)
-    if last is not None and cache.changes is not None and not cache.changes.explains_gone(last.chain_names - chain_names):
+    index = reader.chain_index(cache.chain_messages)
+    chains = tuple(chain for chain in index.base if (chain.family, chain.table) in names)
+    chain_names = frozenset(key for key in index.names if (key[0], key[1]) in names)
+    newest = {table: handle for table, handle in index.newest.items() if table in names}
+    changes = cache.changes
+    if last is not None and changes is not None and (changes.may_rename(last.newest_chains) or not changes.explains_gone(last.chain_names - chain_names)):
         cache.forget_changes()  # a chain was renamed: the rules jumping to it now print another name
     read = _base_chain_rules(reader, cache, chains)
     sets: Dict[Tuple[str, str, str], KernelSet] = {}
     for family, table in sorted({(key[0], key[1]) for key in read}):
         sets.update(_read_sets(reader, family, table))
-    return KernelRuleset(generation, tables, chains, {}, sets, chain_names), read
+    return KernelRuleset(generation, tables, chains, {}, sets, chain_names, newest), read
 
 
-def _chain_names_at(reader: NetlinkReader, last: KernelRuleset, generation: int, cache_messages: ChainMessages) -> Optional[FrozenSet[ChainKey]]:
-    """Every chain of ``last``'s tables, read at ``generation``; None where the base chains are no
-    longer ``last``'s or the generation moved during the read."""
+def _chain_index_at(
+    reader: NetlinkReader, last: KernelRuleset, generation: int, cache_messages: ChainMessages
+) -> Optional[Tuple[FrozenSet[ChainKey], Dict[Tuple[str, str], int]]]:
+    """Every chain of ``last``'s tables and each table's newest chain handle, read at ``generation``;
+    None where the base chains are no longer ``last``'s or the generation moved during the read."""
     tables = {(table.family, table.name) for table in last.tables}
-    base_chains, every_chain = reader.chain_index(cache_messages)
-    if tuple(chain for chain in base_chains if (chain.family, chain.table) in tables) != last.chains or reader.generation() != generation:
+    index = reader.chain_index(cache_messages)
+    if tuple(chain for chain in index.base if (chain.family, chain.table) in tables) != last.chains or reader.generation() != generation:
         return None
-    return frozenset(key for key in every_chain if (key[0], key[1]) in tables)
+    names = frozenset(key for key in index.names if (key[0], key[1]) in tables)
+    return names, {table: handle for table, handle in index.newest.items() if table in tables}
+
+
+def _silent_state_unchanged(reader: NetlinkReader, last: KernelRuleset) -> bool:
+    """Whether what may change unannounced, in the same generation (a table that went with its
+    owner, set elements that timed out or that packets added), is as ``last`` read it."""
+    tables = tuple(table for table in reader.tables() if table.family in _PACKET_FAMILIES and not table.dormant)
+    if tables != last.tables:
+        return False
+    sets: Dict[Tuple[str, str, str], KernelSet] = {}
+    try:
+        for family, table in sorted({(chain.family, chain.table) for chain in last.chains if chain.hook != 'forward'}):
+            sets.update(_read_sets(reader, family, table))
+    except Vanished:
+        return False
+    return sets == dict(last.sets)
 
 
 def _base_chain_rules(reader: NetlinkReader, cache: KernelCache, chains: Iterable[KernelChain]) -> Dict[ChainKey, Tuple[KernelRule, ...]]:
@@ -297,6 +321,9 @@ def read_kernel(
             current = reader.generation()
             cache.advance(reader, current)
             last = cache.ruleset
+            if last is not None and current == last.generation and last.changes_silently and not _silent_state_unchanged(reader, last):
+                cache.walked, cache.ruleset = {}, None  # read again: the walks were of another state
+                last = None
             earlier = cache.walked.get(key)
             if last is not None and earlier is not None and current == last.generation and _sets_unchanged(options, earlier.sets):
                 return last, earlier.value, earlier.sets

@@ -67,6 +67,7 @@ __all__ = [
     'NetlinkReader',
     'KnownRules',
     'ChainMessages',
+    'ChainIndex',
     'read_consistent',
     'read_ruleset',
 ]
@@ -358,9 +359,10 @@ def parse_chain(family: int, attrs: bytes) -> KernelChain:
         raise _malformed('chain message', exc) from exc
 
 
-def _chain_identity(data: bytes, start: int, end: int, strings: Dict[bytes, str]) -> Tuple[str, str, bool]:
-    """(table, name, whether it is a base chain) of a chain message, without decoding the rest."""
+def _chain_identity(data: bytes, start: int, end: int, strings: Dict[bytes, str]) -> Tuple[str, str, int, bool]:
+    """(table, name, handle, whether it is a base chain) of a chain message, without decoding the rest."""
     table = name = ''
+    handle = 0
     is_base = False
     offset = start
     try:
@@ -373,12 +375,20 @@ def _chain_identity(data: bytes, start: int, end: int, strings: Dict[bytes, str]
                 table = strings[data[offset + 4 : offset + length]]
             elif kind == NFTA_CHAIN_NAME:
                 name = strings[data[offset + 4 : offset + length]]
+            elif kind == NFTA_CHAIN_HANDLE and length == 12:
+                handle = _unpack_be64(data, offset + 4)[0]
             elif kind == NFTA_CHAIN_HOOK:
                 is_base = True
             offset += (length + 3) & ~3
     except struct.error as exc:
         raise _malformed('chain message', exc) from exc
-    return table, name, is_base
+    return table, name, handle, is_base
+
+
+def _newest(newest: Dict[Tuple[str, str], int], key: Tuple[str, str, str], handle: int) -> None:
+    table = (key[0], key[1])
+    if handle > newest.get(table, 0):
+        newest[table] = handle
 
 
 class _Names(dict):  # type: ignore[type-arg]
@@ -539,9 +549,19 @@ def _kernel_error(code: int, text: str, what: str) -> NetlinkError:
 Handler = Callable[[int, bytes, int, int], None]
 
 
-# Per nfgenmsg family, the regular chains' messages (their attributes) -> (family, table, name).
-ChainMessages = Dict[int, Dict[bytes, Tuple[str, str, str]]]
-_NO_MESSAGES: Dict[bytes, Tuple[str, str, str]] = {}
+# Per nfgenmsg family, the regular chains' messages (their attributes) -> ((family, table, name), handle).
+ChainMessages = Dict[int, Dict[bytes, Tuple[Tuple[str, str, str], int]]]
+_NO_MESSAGES: Dict[bytes, Tuple[Tuple[str, str, str], int]] = {}
+
+
+class ChainIndex(NamedTuple):
+    """What the full chain dump tells: the base chains, every chain's (family, table, name), and per
+    (family, table) the handle of its newest chain (handles only grow within a table: a chain
+    created later has a larger one)."""
+
+    base: List[KernelChain]
+    names: Set[Tuple[str, str, str]]
+    newest: Dict[Tuple[str, str], int]
 
 
 class KnownRules(NamedTuple):
@@ -637,13 +657,15 @@ class NetlinkReader:
         self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, family=_family(family), what='listing the chains')
         return found
 
-    def chain_index(self, known: Optional[ChainMessages] = None) -> Tuple[List[KernelChain], Set[Tuple[str, str, str]]]:
-        """Every chain's (family, table, name), and the base chains in full: on a Kubernetes node the
-        tens of thousands of service chains cost a name each. ``known`` maps, per nfgenmsg family,
-        each regular chain's message (its attributes) to its name: a message read before is not
-        parsed again (``known`` is left with this read's)."""
+    def chain_index(self, known: Optional[ChainMessages] = None) -> ChainIndex:
+        """Every chain's (family, table, name), the base chains in full, and per table the newest
+        chain's handle: on a Kubernetes node the tens of thousands of service chains cost a name
+        each. ``known`` maps, per nfgenmsg family, each regular chain's message (its attributes) to
+        its name and handle: a message read before is not parsed again (``known`` is left with this
+        read's)."""
         base: List[KernelChain] = []
         names: Set[Tuple[str, str, str]] = set()
+        newest: Dict[Tuple[str, str], int] = {}
         strings = _Names()
         earlier: ChainMessages = known if known is not None else {}
         regular: ChainMessages = {}
@@ -655,23 +677,27 @@ class NetlinkReader:
             message = data[start:end]
             found = earlier.get(number, _NO_MESSAGES).get(message)
             if found is None:
-                table, name, is_base = _chain_identity(data, start, end, strings)
-                found = (family_name(number), table, name)
+                table, name, chain_handle, is_base = _chain_identity(data, start, end, strings)
+                key = (family_name(number), table, name)
                 if is_base:
-                    base.append(parse_chain(number, message))
-                    add_name(found)
+                    chain = parse_chain(number, message)
+                    base.append(chain)
+                    add_name(key)
+                    _newest(newest, key, chain.handle)
                     return
+                found = (key, chain_handle)
             read = regular.get(number)
             if read is None:
                 read = regular[number] = {}
             read[message] = found
-            add_name(found)
+            add_name(found[0])
+            _newest(newest, found[0], found[1])
 
         self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, what='listing the chains')
         if known is not None:
             known.clear()
             known.update(regular)
-        return base, names
+        return ChainIndex(base, names, newest)
 
     def rules(self, family: str, table: str, chain: Optional[str] = None) -> List[KernelRule]:
         """The rules of one table (or one chain of it), in order; the kernel does the filtering.

@@ -40,6 +40,7 @@ INET_HOOK_NAMES: Mapping[int, str] = {0: 'prerouting', 1: 'input', 2: 'forward',
 NETDEV_HOOK_NAMES: Mapping[int, str] = {0: 'ingress', 1: 'egress'}
 
 NFT_TABLE_F_DORMANT = 0x1
+NFT_TABLE_F_OWNER = 0x2
 
 # Set flags (NFT_SET_*).
 NFT_SET_ANONYMOUS = 0x1
@@ -330,8 +331,18 @@ class KernelRuleset:
     rules: Mapping[Tuple[str, str, str], Tuple[KernelRule, ...]] = field(default_factory=dict)  # (family, table, chain)
     sets: Mapping[Tuple[str, str, str], KernelSet] = field(default_factory=dict)  # (family, table, set name)
     chain_names: FrozenSet[ChainKey] = frozenset()  # every chain, where ``chains`` holds the base chains only
+    newest_chains: Mapping[Tuple[str, str], int] = field(default_factory=dict)  # (family, table) -> its newest chain's handle
     # The ipsets that xtables set matches name, read when a rule first needs them (None: not read).
     ipsets: Optional[Callable[[], 'SetsRead']] = field(default=None, compare=False)
+
+    @property
+    def changes_silently(self) -> bool:
+        """Whether something here may change with no notification and no new generation: a table
+        that goes with its owner process (``flags owner``), a set whose elements time out or that
+        packets add to."""
+        return any(table.flags & NFT_TABLE_F_OWNER for table in self.tables) or any(
+            found.flags & (NFT_SET_TIMEOUT | NFT_SET_EVAL) for found in self.sets.values()
+        )
 
     def chains_of(self, family: str, table: str) -> Tuple[KernelChain, ...]:
         return tuple(chain for chain in self.chains if chain.family == family and chain.table == table)

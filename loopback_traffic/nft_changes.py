@@ -26,7 +26,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import FrozenSet, Iterable, List, Optional, Set, Tuple, Union
+from typing import FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 from .netlink import NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, SO_RCVBUFFORCE, SOL_NETLINK, family_name
 from .nf_tables import ChainKey, MalformedAttributes, attributes, be32, string
@@ -44,6 +44,7 @@ NFT_MSG_NEWCHAIN = 3
 NFT_MSG_NEWGEN = 15
 NFTA_TABLE_NAME = 1
 NFTA_CHAIN_TABLE = 1
+NFTA_CHAIN_HANDLE = 2
 NFTA_CHAIN_NAME = 3
 NFTA_CHAIN_HOOK = 4
 NFTA_RULE_TABLE = 1
@@ -52,6 +53,7 @@ NFTA_GEN_ID = 1
 
 _GENERATION_MASK = 0xFFFFFFFF
 _HEADER = struct.Struct('=IHHII')
+_NLA = struct.Struct('=HH')
 DEFAULT_WATCH_RCVBUF = 16 * 1024 * 1024  # a kube-proxy sync of a few thousand rules; beyond, the next read is a full one
 _RECV_SIZE = 1 << 17
 
@@ -79,6 +81,7 @@ class Changes:
     structure: bool = False
     chain_set: bool = False  # regular chains added or deleted (or renamed)
     deleted: FrozenSet[ChainKey] = frozenset()  # chains deleted (a name gone without this was renamed)
+    made: FrozenSet[Tuple[str, str, int]] = frozenset()  # (family, table, handle) of each regular chain's NEWCHAIN
 
     @property
     def rules_only(self) -> bool:
@@ -96,7 +99,14 @@ class Changes:
             self.structure or other.structure,
             self.chain_set or other.chain_set,
             self.deleted | other.deleted,
+            self.made | other.made,
         )
+
+    def may_rename(self, newest: Mapping[Tuple[str, str], int]) -> bool:
+        """Whether a NEWCHAIN was about a chain that already existed when ``newest`` (each table's
+        newest chain handle) was read: a chain is renamed that way, and the rules jumping to it then
+        print its new name, unannounced. A chain made later has a larger handle."""
+        return any(handle <= newest.get((family, table), 0) for family, table, handle in self.made)
 
     def explains_gone(self, gone: Iterable[ChainKey]) -> bool:
         """Whether every chain in ``gone`` was deleted (or its table was). A chain renamed is not
@@ -118,15 +128,18 @@ class _Transaction:
     def __init__(self) -> None:
         self.chains: Set[ChainKey] = set()
         self.tables: Set[Tuple[str, str]] = set()
+        self._rule_chains: Set[Tuple[int, Tuple[bytes, bytes]]] = set()  # (nfgenmsg family, raw table and chain names)
         self.deleted: Set[ChainKey] = set()
+        self.made: Set[Tuple[str, str, int]] = set()
         self.structure = False
         self.chain_set = False
 
+    def add_rule_chain(self, family: int, raw: Tuple[bytes, bytes]) -> None:
+        """A rule of a chain (its raw table and chain names) was added or deleted."""
+        self._rule_chains.add((family, raw))
+
     def add(self, kind: int, family: str, attrs: bytes) -> None:
-        if kind in _RULE_MESSAGES:
-            found = attributes(attrs)
-            self.chains.add((family, _name(found, NFTA_RULE_TABLE), _name(found, NFTA_RULE_CHAIN)))
-        elif kind in _CHAIN_MESSAGES:
+        if kind in _CHAIN_MESSAGES:
             found = attributes(attrs)
             key = (family, _name(found, NFTA_CHAIN_TABLE), _name(found, NFTA_CHAIN_NAME))
             self.chains.add(key)
@@ -136,6 +149,11 @@ class _Transaction:
                 self.structure = True  # a base chain: its hook, priority or policy
             else:
                 self.chain_set = True
+                if kind == NFT_MSG_NEWCHAIN:
+                    handle = found.get(NFTA_CHAIN_HANDLE)
+                    if handle is None or len(handle) != 8:
+                        raise _Unreadable('a chain notification without its handle')
+                    self.made.add((family, key[1], int.from_bytes(handle, 'big')))
         elif kind in _TABLE_MESSAGES:
             self.tables.add((family, _name(attributes(attrs), NFTA_TABLE_NAME)))
             self.structure = True
@@ -145,7 +163,11 @@ class _Transaction:
             raise _Unreadable('notification type {}'.format(kind))
 
     def changes(self) -> Changes:
-        return Changes(frozenset(self.chains), frozenset(self.tables), self.structure, self.chain_set, frozenset(self.deleted))
+        for family, (table, chain) in self._rule_chains:
+            self.chains.add((family_name(family), string(table), string(chain)))
+        return Changes(
+            frozenset(self.chains), frozenset(self.tables), self.structure, self.chain_set, frozenset(self.deleted), frozenset(self.made)
+        )
 
 
 def _name(found: dict, kind: int) -> str:  # type: ignore[type-arg]
@@ -174,13 +196,32 @@ class ChangeLog:
     def feed(self, data: bytes) -> None:
         """One received datagram of notifications."""
         try:
-            for kind, family, attrs in _notifications(data):
-                if kind == NFT_MSG_NEWGEN:
-                    self._commit(be32(attributes(attrs)[NFTA_GEN_ID]))
-                else:
-                    self._open.add(kind, family, attrs)
+            self._feed(data)
         except (_Unreadable, MalformedAttributes, KeyError, struct.error):
             self.overflowed()
+
+    def _feed(self, data: bytes) -> None:
+        # A kube-proxy sync announces every rule of the chains it rewrites: rule messages take the
+        # short way (their table and chain, the first attributes), once per distinct chain.
+        offset, size = 0, len(data)
+        unpack_header = _HEADER.unpack_from
+        while offset < size:
+            if size - offset < 16:
+                raise _Unreadable('a truncated message header')
+            length, kind, _flags, _seq, _pid = unpack_header(data, offset)
+            if length < 20 or offset + length > size:
+                raise _Unreadable('a message of length {}'.format(length))
+            if kind >> 8 != NFNL_SUBSYS_NFTABLES:
+                raise _Unreadable('message type {:#x}'.format(kind))
+            kind &= 0xFF
+            start, end = offset + 20, offset + length
+            if kind in _RULE_MESSAGES:
+                self._open.add_rule_chain(data[offset + 16], _rule_chain(data, start, end))
+            elif kind == NFT_MSG_NEWGEN:
+                self._commit(be32(attributes(data[start:end])[NFTA_GEN_ID]))
+            else:
+                self._open.add(kind, family_name(data[offset + 16]), data[start:end])
+            offset += (length + 3) & ~3
 
     def overflowed(self) -> None:
         """Notifications were lost (the socket said ENOBUFS) or could not be read: nothing received
@@ -230,21 +271,23 @@ class ChangeLog:
         self._open = _Transaction()
 
 
-def _notifications(data: bytes) -> List[Tuple[int, str, bytes]]:
-    """The nf_tables notifications of one datagram as ``(NFT_MSG type, family name, attributes)``."""
-    found: List[Tuple[int, str, bytes]] = []
-    offset, size = 0, len(data)
-    while offset < size:
-        if size - offset < 16:
-            raise _Unreadable('a truncated message header')
-        length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
-        if length < 20 or offset + length > size:
-            raise _Unreadable('a message of length {}'.format(length))
-        if kind >> 8 != NFNL_SUBSYS_NFTABLES:
-            raise _Unreadable('message type {:#x}'.format(kind))
-        found.append((kind & 0xFF, family_name(data[offset + 16]), data[offset + 20 : offset + length]))
+def _rule_chain(data: bytes, start: int, end: int) -> Tuple[bytes, bytes]:
+    """The raw table and chain attributes of a rule notification (NFTA_RULE_TABLE and
+    NFTA_RULE_CHAIN, which the kernel puts first)."""
+    offset, table, chain = start, b'', b''
+    while offset + 4 <= end and not (table and chain):
+        length, kind = _NLA.unpack_from(data, offset)
+        if length < 4 or offset + length > end:
+            raise _Unreadable('an attribute of length {}'.format(length))
+        kind &= 0x3FFF
+        if kind == NFTA_RULE_TABLE:
+            table = data[offset + 4 : offset + length]
+        elif kind == NFTA_RULE_CHAIN:
+            chain = data[offset + 4 : offset + length]
         offset += (length + 3) & ~3
-    return found
+    if not (table and chain):
+        raise _Unreadable('a rule notification without its table or chain')
+    return table, chain
 
 
 class ChangeWatch:

@@ -84,8 +84,43 @@ class DecodeCache:
     same bytes in the same chain decodes the same (its handle aside), so that a ruleset rewritten
     around it (a kube-proxy sync re-adds whole chains) costs a look-up per unchanged rule. Rules
     that look up a set are not kept (the set's contents may change). The same for the conditions
-    known before a rule is decoded (:func:`leading_conditions`). What a generation did not use is
-    forgotten at the next one."""
+    known before a rule is decoded (:func:`leading_conditions`). Per nf_tables family, what a
+    generation did not use is forgotten at the next one that decodes that family (a family whose
+    walk was kept across generations keeps what it decoded)."""
+
+    def __init__(self) -> None:
+        self._families: Dict[str, _FamilyDecodes] = {}
+
+    def _of(self, family: str) -> '_FamilyDecodes':
+        found = self._families.get(family)
+        if found is None:
+            found = self._families[family] = _FamilyDecodes()
+        return found
+
+    def start(self, generation: int, family: str) -> None:
+        self._of(family).start(generation)
+
+    def vouched(self, raw: Sequence[KernelRule], family: str) -> bool:
+        """Whether rules that are the same bytes mean the same: none of them looks up a set."""
+        return self._of(family).vouched(raw)
+
+    def chain(self, key: Tuple[str, str, str, bool, bool], raw: Tuple[KernelRule, ...], decoding: '_Decoding') -> '_DecodedRules':
+        """A chain's rules as decoded for the last generation where they are the same rule objects
+        (the reader gives the same objects for the same bytes), or the same rules under new
+        handles, with what walks kept of them."""
+        return self._of(key[0]).chain(key, raw, decoding)
+
+    def decode(self, rule: KernelRule, sets: Mapping[str, KernelSet], family: str, iptables: bool) -> DecodedRule:
+        if _SET_LOOKUP in rule.raw_expressions:
+            return decode_rule(rule, sets, family, iptables=iptables)
+        return self._of(family).decode(rule, sets, family, iptables)
+
+    def leading(self, rule: KernelRule, version: int, family: str) -> Optional[Tuple[Match, ...]]:
+        return self._of(family).leading(rule, version)
+
+
+class _FamilyDecodes:
+    """One nf_tables family's part of a :class:`DecodeCache`: this generation's and the last one's."""
 
     def __init__(self) -> None:
         self._current: Dict[Tuple[object, ...], DecodedRule] = {}
@@ -106,25 +141,22 @@ class DecodeCache:
             self._chains_before, self._chains = self._chains, {}
 
     def vouched(self, raw: Sequence[KernelRule]) -> bool:
-        """Whether rules that are the same bytes mean the same: none of them looks up a set."""
         known = self._vouched.get(id(raw))
         if known is None or known[0] is not raw:
             known = self._vouched[id(raw)] = (raw, not any(_looks_up_sets(rule.raw_expressions) for rule in raw))
         return known[1]
 
     def chain(self, key: Tuple[str, str, str, bool, bool], raw: Tuple[KernelRule, ...], decoding: '_Decoding') -> '_DecodedRules':
-        """A chain's rules as decoded for the last generation where they are the same rule objects
-        (the reader gives the same objects for the same bytes), with what walks kept of them."""
         found = self._chains.get(key) or self._chains_before.get(key)
-        if found is None or found.raw is not raw or not found.reusable:
+        if found is not None and found.raw is not raw and found.reusable and _rewritten_as_they_were(found.raw, raw):
+            found.rehandle(raw)  # kube-proxy rewrites its big chains at every sync: the same rules, new handles
+        elif found is None or found.raw is not raw or not found.reusable:
             found = _DecodedRules(raw, decoding)
         self._chains[key] = found
         return found
 
     def decode(self, rule: KernelRule, sets: Mapping[str, KernelSet], family: str, iptables: bool) -> DecodedRule:
-        if _SET_LOOKUP in rule.raw_expressions:
-            return decode_rule(rule, sets, family, iptables=iptables)
-        key = (family, rule.table, rule.chain, iptables, rule.raw_expressions, rule.userdata)
+        key = (rule.table, rule.chain, iptables, rule.raw_expressions, rule.userdata)
         found = self._current.get(key)
         if found is None:
             found = self._previous.get(key)
@@ -148,6 +180,22 @@ _SET_LOOKUP = b'lookup\x00'
 _XT_SET = b'\x08\x00\x01\x00set\x00'
 
 
+def _rewritten_as_they_were(before: Tuple[KernelRule, ...], now: Tuple[KernelRule, ...]) -> bool:
+    """Whether a chain's rules are the ones it had, in the same order, handles aside."""
+    return len(before) == len(now) and all(
+        old.raw_expressions == new.raw_expressions and old.userdata == new.userdata for old, new in zip(before, now)
+    )
+
+
+def current_handle(table: Table, chain: str, index: int) -> Optional[int]:
+    """The handle rule ``index`` (1-based, as positions count) of a kernel chain has now; None for a
+    chain of another front-end."""
+    found = table.chains.get(chain)
+    if not isinstance(found, DecodedChain) or not 0 < index <= len(found.walk_rules):
+        return None
+    return found.walk_rules.handle_at(index - 1)
+
+
 def _looks_up_sets(raw: bytes) -> bool:
     """Whether what the rule means depends on a set's contents besides its bytes."""
     return _SET_LOOKUP in raw or _XT_SET in raw
@@ -165,7 +213,7 @@ def decode_tables(kernel: KernelRuleset, family: str, cache: Optional[DecodeCach
     Without ``shortcuts`` no condition is known before a rule is decoded (the walk decodes every
     rule it reaches: what the shortcuts must agree with)."""
     if cache is not None:
-        cache.start(kernel.generation)
+        cache.start(kernel.generation, family)
     return tuple(_decode_table(kernel, table.name, family, table.dormant, cache, shortcuts) for table in kernel.tables if table.family == family)
 
 
@@ -225,7 +273,7 @@ class _Chains(Mapping[str, Chain]):
         except KeyError:
             return None
         cache = self._decoding.cache
-        vouched = cache.vouched(found) if cache is not None else not any(_looks_up_sets(rule.raw_expressions) for rule in found)
+        vouched = cache.vouched(found, self._family) if cache is not None else not any(_looks_up_sets(rule.raw_expressions) for rule in found)
         return found if vouched else None
 
 
@@ -267,7 +315,7 @@ class _Decoding:
         if self.version is None:
             return None  # inet, netdev: the decoder infers the address family from the offsets
         if self.cache is not None:
-            return self.cache.leading(raw, self.version)
+            return self.cache.leading(raw, self.version, self.family)
         return leading_conditions(raw.raw_expressions, self.version)
 
 
@@ -317,6 +365,20 @@ class _DecodedRules(Sequence[Rule]):
                 self._items.extend(decoded) if isinstance(decoded, tuple) else self._items.append(decoded)
             else:
                 self._items.append(raw)
+
+    def rehandle(self, raw_rules: Tuple[KernelRule, ...]) -> None:
+        """The same rules read again under new handles (:func:`_rewritten_as_they_were`): what was
+        decoded of them, and what walks kept of them, stay; each rule takes its new handle. The walks'
+        positions keep the old ones until :func:`current_handle` gives them theirs."""
+        for index, (item, raw) in enumerate(zip(self._items, raw_rules)):
+            if isinstance(item, KernelRule):
+                self._items[index] = raw
+            elif item.handle != raw.handle:
+                self._items[index] = replace(item, handle=raw.handle)
+        self.raw = raw_rules
+
+    def handle_at(self, index: int) -> int:
+        return self._items[index].handle
 
     def known_conditions(self, index: int) -> Optional[Tuple[Match, ...]]:
         item = self._items[index]

@@ -13,16 +13,16 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from .applicability import Applicability, ApplicabilityChecker, ApplicabilityError
 from .collect import KERNEL, Collected, CollectionError, KernelCache, collect
 from .config import LEGACY, NFT, Options
-from .evaluator import Source, evaluate
+from .evaluator import Source, evaluate, table_name
 from .model import Ruleset
 from .nf_tables import KernelRuleset
 from .ipset_contents import with_sets
-from .nft_decode import DecodeCache, decode_tables
+from .nft_decode import DecodeCache, current_handle, decode_tables
 from .parser import EVALUATED_TABLES, ParseError, parse_ruleset
 from .remedies import in_manager_language
 from .requirements import IPV4, ComplianceRule, RuleDefinition
 from .saves import iptables_command
-from .results import RuleResult, Status
+from .results import Position, RuleResult, Status, with_positions
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class InstanceState:
         parsed: Dict[int, Source] = {}
 
         def evaluate_kernel(kernel: KernelRuleset, beside: Tuple[Collected, ...]) -> RuleResult:
-            return evaluate(rule, walked_sources(kernel, beside, family, self.decoded, parsed), options.mode)
+            return _evaluated(rule, walked_sources(kernel, beside, family, self.decoded, parsed), options.mode)
 
         return evaluate_kernel
 
@@ -111,7 +111,21 @@ def _evaluate(options: Options, family: str, rule: ComplianceRule, collected: Tu
             sources.extend(_kernel_sources(piece.kernel, family, decoded))
         else:
             sources.append(text_source(family, piece))
-    return evaluate(rule, sources or [_empty(family)], options.mode)
+    return _evaluated(rule, sources or [_empty(family)], options.mode)
+
+
+def _evaluated(rule: ComplianceRule, sources: List[Source], mode: str) -> RuleResult:
+    """The evaluation, its positions with the handles the kernel gives their rules now (what a walk
+    kept from a chain rewritten as it was still names the old ones)."""
+    result = evaluate(rule, sources, mode)
+    tables = {(source.label, table_name(table)): table for source in sources for table in source.ruleset.tables.values()}
+
+    def now(position: Position) -> Position:
+        table = tables.get((position.ruleset, position.table)) if position.handle and position.index is not None else None
+        handle = current_handle(table, position.chain, position.index) if table is not None and position.index is not None else None
+        return position if handle is None or handle == position.handle else replace(position, handle=handle)
+
+    return with_positions(result, now)
 
 
 def text_source(family: str, piece: Collected) -> Source:

@@ -96,6 +96,14 @@ class PacketClass:
     conntrack: str = CT_UNKNOWN
     zone: Bits = NO_BITS  # the conntrack zone (16 bits), set by a CT template before conntrack
 
+    def __hash__(self) -> int:
+        # Classes key the walk's memos, and hashing their networks is not cheap: computed once.
+        found: Optional[int] = self.__dict__.get('_hash')
+        if found is None:
+            found = hash((self.source, self.destination, self.in_interface, self.out_interface, self.mark, self.ctmark, self.conntrack, self.zone))
+            object.__setattr__(self, '_hash', found)
+        return found
+
     @property
     def stateless(self) -> 'PacketClass':
         """The class without what earlier rules set (what it is at the start of its path)."""

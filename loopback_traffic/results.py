@@ -5,8 +5,8 @@ Pure data: no I/O.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional, Tuple
 
 from .requirements import ComplianceRule
 
@@ -127,3 +127,23 @@ class RuleResult:
             if result.requirement == name:
                 return result
         raise KeyError(name)
+
+
+def with_positions(result: RuleResult, update: Callable[[Position], Position]) -> RuleResult:
+    """``result`` with each rule position (deciding rules, deviations) replaced by ``update``'s; the
+    same object where ``update`` changes none."""
+    requirements = []
+    for found in result.requirements:
+        deciding = update(found.deciding) if found.deciding is not None else None
+        deviations = tuple(_moved(deviation, update(deviation.where)) for deviation in found.deviations)
+        if deciding is found.deciding and all(new is old for new, old in zip(deviations, found.deviations)):
+            requirements.append(found)
+        else:
+            requirements.append(replace(found, deciding=deciding, deviations=deviations))
+    if all(new is old for new, old in zip(requirements, result.requirements)):
+        return result
+    return replace(result, requirements=tuple(requirements))
+
+
+def _moved(deviation: Deviation, where: Position) -> Deviation:
+    return deviation if where is deviation.where else replace(deviation, where=where)

@@ -8,7 +8,9 @@ verdict checked against the kernel with real packets.
 """
 from __future__ import annotations
 
+import errno
 import struct
+import time
 from typing import List
 
 import pytest
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 
 from datadog_checks.loopback_traffic import netlink
 from datadog_checks.loopback_traffic.collect import KernelCache
+from datadog_checks.loopback_traffic.nf_tables import ChainRules, KernelRuleset
 from datadog_checks.loopback_traffic.nft_changes import NOT_YET, NOTHING_CHANGED, UNKNOWN, ChangeLog, Changes, ChangeWatch, next_generation
 from datadog_checks.loopback_traffic.pipeline import InstanceState
 from datadog_checks.loopback_traffic.requirements import INPUT_ACCEPT_LO, INPUT_DROP_LOOPBACK_SOURCE
@@ -45,6 +48,10 @@ def message(kind: int, family: int, attrs: bytes, subsystem: int = 10) -> bytes:
 
 def rule_changed(table: str, chain: str, family: int = IP, kind: int = NEWRULE) -> bytes:
     return message(kind, family, name(1, table) + name(2, chain) + nla(3, struct.pack('>Q', 9)))
+
+
+def chain_made(table: str, chain: str, handle: int, family: int = IP) -> bytes:
+    return message(NEWCHAIN, family, name(1, table) + nla(2, struct.pack('>Q', handle)) + name(3, chain))
 
 
 def generation(number: int) -> bytes:
@@ -134,16 +141,18 @@ def test_anything_beyond_rules_is_a_structural_change(notification, touched):
 
 def test_regular_chains_added_or_deleted_change_the_chain_set_only():
     log = started(1)
-    log.feed(message(NEWCHAIN, IP, name(1, 'nat') + name(3, 'KUBE-SEP-NEW')) + rule_changed('nat', 'KUBE-SEP-NEW') + generation(2))
+    log.feed(chain_made('nat', 'KUBE-SEP-NEW', 90) + rule_changed('nat', 'KUBE-SEP-NEW') + generation(2))
     found = log.between(1, 2)
     assert isinstance(found, Changes) and found.chain_set and not found.structure and not found.rules_only
+    assert not found.may_rename({('ip', 'nat'): 89})  # made after the chains read: a new chain
+    assert found.may_rename({('ip', 'nat'): 90})  # a chain that existed: renamed (or otherwise changed)
     assert found.touches(('ip', 'nat', 'KUBE-SEP-NEW')) and not found.touches(('ip', 'nat', 'KUBE-SERVICES'))
     assert Changes(frozenset({('ip', 'nat', 'KUBE-SERVICES')})).rules_only
 
 
 def test_a_chain_gone_without_being_deleted_was_renamed():
     log = started(1)
-    log.feed(message(5, IP, name(1, 'filter') + name(3, 'OLD')) + message(NEWCHAIN, IP, name(1, 'filter') + name(3, 'NEW')) + generation(2))
+    log.feed(message(5, IP, name(1, 'filter') + name(3, 'OLD')) + chain_made('filter', 'NEW', 12) + generation(2))
     found = log.between(1, 2)
     assert isinstance(found, Changes) and found.deleted == {('ip', 'filter', 'OLD')}
     assert found.explains_gone([('ip', 'filter', 'OLD')])
@@ -154,6 +163,7 @@ def test_a_chain_gone_without_being_deleted_was_renamed():
 
 @pytest.mark.parametrize('bad', [
     message(40, IP, b''),  # a type this log does not know
+    message(NEWCHAIN, IP, name(1, 'filter') + name(3, 'NEW')),  # a regular chain made, without its handle
     message(NEWRULE, IP, name(1, 'filter')),  # a rule change without its chain
     rule_changed('filter', 'INPUT')[:-3],  # truncated
     message(NEWRULE, IP, b'', subsystem=1),  # another subsystem
@@ -348,3 +358,295 @@ def test_the_watch_is_closed_when_the_agent_cancels_the_check(netns):
     assert not cache.watch.watching
     netns.run(['iptables', '-I', 'LOCHAIN', '1', '-i', 'lo', '-j', 'DROP'], check=True)
     assert evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO).status is Status.FAIL
+
+
+def test_a_watch_that_cannot_subscribe_answers_unknown(monkeypatch):
+    """Without CAP_NET_ADMIN (or without netlink) there is no watch: every change is read in full."""
+    def refused(*args, **kwargs):
+        raise PermissionError(1, 'Operation not permitted')
+
+    monkeypatch.setattr('socket.socket', refused)
+    watch = ChangeWatch()
+    watch.open()
+    assert not watch.watching
+    assert watch.changes(5, 6) is None and watch.changes(5, 5) is None
+    watch.read_done(6, watch.losses())  # harmless
+    watch.close()
+
+
+# --------------------------------------------------------------------------- a kept instance says what a new one says
+
+
+def accept_lo(ns, family='ipv4', state=None):
+    found = evaluate_with(ns, family, state=state).result.requirement(INPUT_ACCEPT_LO)
+    return found.status, (found.deciding.table, found.deciding.chain, found.deciding.index) if found.deciding else None
+
+
+def test_a_chain_renamed_and_its_old_name_reused_is_read_again(netns):
+    """INPUT jumps to LOCHAIN. LOCHAIN is renamed OLD (INPUT's rule now prints `jump OLD`, with no
+    notification for INPUT) and a new LOCHAIN is made: no chain name is gone, so the rename is not
+    noticed and the kept INPUT still jumps to `LOCHAIN`."""
+    netns.restore(LOCHAIN_RULESET, 'ipv4')
+    state = InstanceState()
+    assert accept_lo(netns, state=state)[0] is Status.PASS
+    netns.run(['iptables', '-E', 'LOCHAIN', 'OLD'], check=True)
+    netns.run(['iptables', '-I', 'OLD', '1', '-i', 'lo', '-j', 'DROP'], check=True)
+    netns.run(['iptables', '-N', 'LOCHAIN'], check=True)
+    netns.run(['iptables', '-A', 'LOCHAIN', '-i', 'lo', '-j', 'ACCEPT'], check=True)
+    kept = accept_lo(netns, state=state)
+    fresh = accept_lo(netns)
+    assert not probe_loopback(netns, 'ipv4', 'udp')  # the kernel: INPUT -> OLD -> DROP
+    assert fresh[0] is Status.FAIL
+    assert kept == fresh, 'kept {} vs fresh {}'.format(kept, fresh)
+
+
+def test_chains_that_swap_names_are_read_again(netns):
+    """The same without a new chain: LOCHAIN and SIDE swap names (three renames). Every name is still
+    there, INPUT's `jump LOCHAIN` now prints `jump SIDE`; the kept INPUT still says LOCHAIN."""
+    netns.restore(LOCHAIN_RULESET, 'ipv4')
+    state = InstanceState()
+    assert accept_lo(netns, state=state)[0] is Status.PASS
+    for old, new in (('LOCHAIN', 'TMP'), ('SIDE', 'LOCHAIN'), ('TMP', 'SIDE')):
+        netns.run(['iptables', '-E', old, new], check=True)
+    netns.run(['iptables', '-I', 'SIDE', '1', '-i', 'lo', '-j', 'DROP'], check=True)  # the old LOCHAIN, which INPUT jumps to
+    netns.run(['iptables', '-I', 'LOCHAIN', '1', '-i', 'lo', '-j', 'ACCEPT'], check=True)
+    kept = accept_lo(netns, state=state)
+    fresh = accept_lo(netns)
+    assert not probe_loopback(netns, 'ipv4', 'udp')
+    assert fresh[0] is Status.FAIL
+    assert kept == fresh, 'kept {} vs fresh {}'.format(kept, fresh)
+
+
+def _wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_an_owned_table_gone_with_its_owner_unannounced_is_seen_at_the_next_change(netns):
+    """A table with `flags owner` goes away with its owner's socket: no notification, no new generation.
+    A later change of rules only (behind FORWARD) makes the kept ruleset the new generation's,
+    the released table's chain still in it."""
+    netns.restore(LOCHAIN_RULESET, 'ipv4')
+    owner = netns.spawn(['nft', '-i'], stdin_pipe=True)
+    owner.stdin.write('add table ip own { flags owner; }\n'
+                      'add chain ip own in { type filter hook input priority -5; }\n'
+                      'add rule ip own in iif lo drop\n')
+    owner.stdin.flush()
+    _wait_for(lambda: 'own' in netns.run(['nft', 'list', 'tables']).stdout)
+    state = InstanceState()
+    assert accept_lo(netns, state=state)[0] is Status.FAIL
+    gen_before = state.kernel.ruleset.generation
+    owner.stdin.close()
+    owner.wait(10)
+    _wait_for(lambda: 'own' not in netns.run(['nft', 'list', 'tables']).stdout)
+    fresh_state = InstanceState()
+    accept_lo(netns, state=fresh_state)
+    assert fresh_state.kernel.ruleset.generation == gen_before  # released without a transaction
+    netns.run(['iptables', '-A', 'SIDE', '-j', 'RETURN'], check=True)  # a rule change only, on a chain no loopback packet reaches
+    kept = accept_lo(netns, state=state)
+    fresh = accept_lo(netns)
+    assert probe_loopback(netns, 'ipv4', 'udp')
+    assert fresh[0] is Status.PASS
+    assert kept == fresh, 'kept {} vs fresh {}'.format(kept, fresh)
+
+
+def test_a_set_element_that_times_out_unannounced_is_seen_at_the_next_change(netns):
+    """An element added with a timeout goes away by itself: no notification, no new generation.
+    After a later change of rules only, the kept ruleset still holds the set as first read."""
+    netns.restore(LOCHAIN_RULESET, 'ipv4')
+    netns.run(['nft', 'add table ip t; add set ip t s { type ipv4_addr; flags interval, timeout; }; '
+               'add chain ip t in { type filter hook input priority -5; }; add rule ip t in iif lo ip saddr @s drop; '
+               'add element ip t s { 127.0.0.0/8 timeout 3s }'], check=True)
+    state = InstanceState()
+    first = accept_lo(netns, state=state)
+    assert first[0] is Status.FAIL, first
+    time.sleep(4)
+    assert '127.0.0.0/8' not in netns.run(['nft', 'list', 'set', 'ip', 't', 's']).stdout
+    netns.run(['iptables', '-A', 'SIDE', '-j', 'RETURN'], check=True)
+    kept = accept_lo(netns, state=state)
+    fresh = accept_lo(netns)
+    assert probe_loopback(netns, 'ipv4', 'udp')
+    assert kept == fresh, 'kept {} vs fresh {} (first {})'.format(kept, fresh, first)
+
+
+def test_set_elements_that_time_out_are_seen_in_the_same_generation(netns):
+    """Elements that time out leave their set unannounced and the generation as it was: where the
+    ruleset has such sets (or owned tables), each run reads the tables and sets again."""
+    netns.restore(LOCHAIN_RULESET, 'ipv4')
+    netns.run(['nft', 'add table ip t; add chain ip t in { type filter hook input priority -5; }; '
+                      'add set ip t s { type ipv4_addr; flags interval, timeout; }; '
+                      'add element ip t s { 127.0.0.0/8 timeout 2s }; add rule ip t in iif lo ip saddr @s drop'], check=True)
+    state = InstanceState()
+    assert accept_lo(netns, state=state)[0] is Status.FAIL and not probe_loopback(netns, 'ipv4', 'udp')
+    generation = state.kernel.ruleset.generation
+    _wait_for(lambda: '127.0.0.0/8' not in netns.run(['nft', 'list', 'set', 'ip', 't', 's']).stdout)
+    state.evaluated.clear()
+    kept = accept_lo(netns, state=state)
+    assert state.kernel.ruleset.generation == generation  # nothing announced it
+    # What a new instance says: an empty set whose elements come and go may still drop part of it.
+    assert kept == accept_lo(netns) and kept[0] is Status.PARTIAL and probe_loopback(netns, 'ipv4', 'udp')
+
+
+def test_an_owned_table_gone_with_its_owner_is_seen_in_the_same_generation(netns):
+    netns.restore(LOCHAIN_RULESET, 'ipv4')
+    owner = netns.spawn(['nft', '-i'], stdin_pipe=True)
+    owner.stdin.write('add table ip own { flags owner; }\n'
+                      'add chain ip own in { type filter hook input priority -5; }\n'
+                      'add rule ip own in iif lo drop\n')
+    owner.stdin.flush()
+    _wait_for(lambda: 'own' in netns.run(['nft', 'list', 'tables']).stdout)
+    state = InstanceState()
+    assert accept_lo(netns, state=state)[0] is Status.FAIL
+    owner.stdin.close()
+    owner.wait(10)
+    _wait_for(lambda: 'own' not in netns.run(['nft', 'list', 'tables']).stdout)
+    state.evaluated.clear()
+    kept = accept_lo(netns, state=state)
+    assert kept == accept_lo(netns) and kept[0] is Status.PASS and probe_loopback(netns, 'ipv4', 'udp')
+
+
+class _FakeSocket:
+    """What recv gives, one step per drain: a list of datagrams or OSError, ended by 'would block'."""
+
+    def __init__(self):
+        self.steps = []  # each: a list of bytes / OSError, given in order until it is used up
+
+    def recv(self, size):
+        while self.steps and not self.steps[0]:
+            self.steps.pop(0)
+            raise BlockingIOError()
+        if not self.steps:
+            raise BlockingIOError()
+        item = self.steps[0].pop(0)
+        if isinstance(item, OSError):
+            raise item
+        return item
+
+    def close(self):
+        pass
+
+
+def test_advance_keeps_a_loss_seen_after_its_changes_were_proven():
+    """KernelCache.advance takes the watch's count of losses, then asks it for the changes, and
+    passes that count to read_done (which drains once more): a loss seen by that last drain
+    happened after the changes were proven and must not be forgiven. Here transaction 7 (a rule in
+    INPUT and one in LOCHAIN) commits during it; the INPUT notification is lost (ENOBUFS), the
+    LOCHAIN one and NEWGEN 7 arrive later. The next run must not be told only LOCHAIN changed."""
+
+    cache = KernelCache()
+    sock = _FakeSocket()
+    cache.watch._sock = sock
+    cache.watch.wait = 0
+    cache.watch.log = started(5)
+    input_key, lochain, side = ('ip', 'filter', 'INPUT'), ('ip', 'filter', 'LOCHAIN'), ('ip', 'filter', 'SIDE')
+    cache.ruleset = KernelRuleset(5, rules=ChainRules({input_key: (), lochain: (), side: ()}))
+    cache.chains_generation = 5
+    sock.steps = [
+        [],  # drained by watch.losses()
+        [rule_changed('filter', 'SIDE') + generation(6)],  # drained by watch.changes(5, 6)
+        [OSError(errno.ENOBUFS, 'No buffer space available')],  # drained by read_done: transaction 7 overflowed
+        [rule_changed('filter', 'LOCHAIN') + generation(7)],  # the rest of transaction 7, at the next run
+    ]
+    cache.advance(None, 6)  # only rules changed: no reader needed
+    assert cache.ruleset.generation == 6
+    told = cache.watch.changes(6, 7)
+    assert told is None, 'told {} although the INPUT notification of transaction 7 was lost'.format(told)
+
+
+LOCHAIN6_RULESET = LOCHAIN_RULESET.replace('127.0.0.0/8', '::1/128')
+
+
+def _summary(ns, family, state=None):
+    result = evaluate_with(ns, family, state=state).result
+    return tuple((r.requirement, r.status, (r.deciding.table, r.deciding.chain, r.deciding.index) if r.deciding else None)
+                 for r in result.requirements)
+
+
+_STEPS = [
+    ('ip6tables rule in a regular chain', [['ip6tables', '-I', 'LOCHAIN', '1', '-i', 'lo', '-p', 'udp', '-j', 'DROP']]),
+    ('inet table with a verdict map to a regular chain', [['nft', 'add table inet t; add chain inet t lo_drop; add rule inet t lo_drop drop; '
+                                                            'add chain inet t in { type filter hook input priority -5; }; '
+                                                            'add map inet t m { type ifname : verdict; }; add rule inet t in iifname vmap @m']]),
+    ('a map element jumping to the dropping chain', [['nft', 'add element inet t m { "lo" : jump lo_drop }']]),
+    ('the dropping chain emptied (rules only)', [['nft', 'flush chain inet t lo_drop']]),
+    ('the dropping chain drops again (rules only)', [['nft', 'add rule inet t lo_drop drop']]),
+    ('a chain binding', [['nft', 'add rule inet t in jump { iif lo udp dport 9 drop; }']]),
+    ('the map element removed', [['nft', 'delete element inet t m { "lo" }']]),
+    ('table made dormant', [['nft', 'add table inet t { flags dormant; }']]),
+    ('table woken', [['nft', 'add table inet t']]),
+    ('table deleted and made again in one transaction', [['nft', 'delete table inet t; add table inet t; add chain inet t d; add rule inet t d iif lo drop; '
+                                                           'add chain inet t in { type filter hook input priority -5; }; add rule inet t in jump d']]),
+    ('the made-again chain emptied', [['nft', 'flush chain inet t d']]),
+    ('a chain deleted and made again in one transaction', [['nft', 'flush chain inet t in; delete chain inet t d; add chain inet t d; '
+                                                             'add rule inet t d iif lo drop; add rule inet t in jump d']]),
+    ('delete the table (nft 1.0.6 has no destroy)', [['nft', 'delete table inet t']]),
+    ('iptables-restore without --noflush', [['iptables-restore']]),  # input below
+    ('netdev ingress on lo', [['nft', 'add table netdev n; add chain netdev n ing { type filter hook ingress device lo priority 0; }; '
+                                       'add chain netdev n sub; add rule netdev n ing jump sub']]),
+    ('netdev regular chain drops (rules only)', [['nft', 'add rule netdev n sub drop']]),
+    ('policy changed', [['iptables', '-P', 'INPUT', 'ACCEPT']]),
+    ('flush ruleset and restore', [['nft', 'flush ruleset'], ['iptables-restore'], ['ip6tables-restore']]),
+    ('ip6tables regular chain changed after the flush', [['ip6tables', '-I', 'LOCHAIN', '1', '-i', 'lo', '-j', 'DROP']]),
+]
+
+
+def test_kept_and_fresh_agree_through_a_series_of_changes(netns):
+    netns.restore(LOCHAIN_RULESET, 'ipv4')
+    netns.restore(LOCHAIN6_RULESET, 'ipv6')
+    state = InstanceState()
+    for family in ('ipv4', 'ipv6'):
+        _summary(netns, family, state)
+    restored = LOCHAIN_RULESET.replace('-A LOCHAIN -i lo -j ACCEPT', '-A LOCHAIN -i lo -p udp -j DROP\n-A LOCHAIN -i lo -j ACCEPT')
+    differ = []
+    for what, commands in _STEPS:
+        for command in commands:
+            text = {'iptables-restore': restored, 'ip6tables-restore': LOCHAIN6_RULESET}.get(command[0])
+            netns.run(command, input=text, check=True)
+        for family in ('ipv4', 'ipv6'):
+            kept, fresh = _summary(netns, family, state), _summary(netns, family)
+            if kept != fresh:
+                differ.append((what, family, kept, fresh))
+    assert not differ, '\n'.join('{} ({}): kept {} fresh {}'.format(*d) for d in differ)
+
+
+def _handles(ns, chain):
+    listing = ns.run(['nft', '-a', 'list', 'chain', 'ip', 'filter', chain], check=True).stdout
+    return [int(line.rsplit('# handle ', 1)[1]) for line in listing.splitlines() if '# handle ' in line and 'chain ' not in line]
+
+
+def test_a_chain_rewritten_as_it_was_keeps_its_walks_and_gets_its_new_handles(netns, monkeypatch):
+    """kube-proxy rewrites its big chains at every sync (iptables-restore --noflush): the same rules
+    under new handles. What was decoded and walked of them is kept; the positions name the new handles."""
+    from datadog_checks.loopback_traffic import evaluator
+
+    ruleset = LOCHAIN_RULESET.replace('-A LOCHAIN -i lo -j ACCEPT', '-A LOCHAIN -i lo -p udp -j DROP\n-A LOCHAIN -i lo -j ACCEPT')
+    netns.restore(ruleset, 'ipv4')
+    state = InstanceState()
+    before = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
+    assert before.status is Status.PARTIAL and [d.where.handle for d in before.deviations] == _handles(netns, 'LOCHAIN')[:1]
+    scans = []
+    real = evaluator._ChainWalker._scan_rules
+
+    def counting(self, chain, *args):
+        scans.append(chain.name)
+        return real(self, chain, *args)
+
+    monkeypatch.setattr(evaluator._ChainWalker, '_scan_rules', counting)
+    rewrite = '*filter\n:LOCHAIN - [0:0]\n-A LOCHAIN -i lo -p udp -j DROP\n-A LOCHAIN -i lo -j ACCEPT\nCOMMIT\n'
+    netns.run(['iptables-restore', '--noflush'], input=rewrite, check=True)
+    handles = _handles(netns, 'LOCHAIN')
+    assert handles != [d.where.handle for d in before.deviations] + [before.deciding.handle]
+    after = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
+    assert scans == []  # every walk found again
+    assert (after.status, after.deciding.index, [d.where.index for d in after.deviations]) == (
+        before.status, before.deciding.index, [d.where.index for d in before.deviations])
+    assert [d.where.handle for d in after.deviations] + [after.deciding.handle] == handles
+    assert after == evaluate_with(netns, 'ipv4').result.requirement(INPUT_ACCEPT_LO)  # a new instance
+    assert [d.where.handle for d in evaluate_with(netns, 'ipv4').result.requirement(INPUT_ACCEPT_LO).deviations] == handles[:1]
+    assert not probe_loopback(netns, 'ipv4', 'udp') and probe_loopback(netns, 'ipv4', 'icmp')
+    # Rewritten with one rule different: walked again.
+    netns.run(['iptables-restore', '--noflush'], input=rewrite.replace('-p udp ', '-p icmp '), check=True)
+    again = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
+    assert 'LOCHAIN' in scans and again.deviations[0].where.text == '-A LOCHAIN -i lo -p icmp -j DROP'

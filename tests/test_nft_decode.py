@@ -528,3 +528,47 @@ def sorted_values(pairs):
     def norm(match):
         return Match(match.module, tuple(Option(o.name, tuple(sorted(o.values)), o.negated) for o in match.options))
     return [(tuple(norm(m) for m in matches), target) for matches, target in pairs]
+
+
+# ----------------------------------------------------------------------------- what one instance keeps between generations
+
+
+def _kernel_of(generation, family, handles):
+    """One iptables-style filter INPUT of two rules (the lo ACCEPT, a DROP) in ``family``, under ``handles``."""
+    table = 'filter'
+    chains = (KernelChain(family, table, 'INPUT', hook='input', priority=0, type='filter', policy='accept'),)
+    accept = nb.rule(nb.meta(META_IIFNAME), nb.cmp(nb.EQ, b'lo\0'), nb.verdict(nb.ACCEPT), family=family, handle=handles[0])
+    drop = nb.rule(nb.verdict(nb.DROP), family=family, handle=handles[1])
+    return KernelRuleset(generation, (KernelTable(family, table),), chains, {(family, table, 'INPUT'): (accept, drop)})
+
+
+def test_the_decode_cache_keeps_a_familys_rules_while_another_family_moves_on(monkeypatch):
+    from datadog_checks.loopback_traffic import nft_decode
+
+    decoded = []
+    real = nft_decode.decode_rule
+    monkeypatch.setattr(nft_decode, 'decode_rule', lambda rule, *args, **kwargs: decoded.append(rule.family) or real(rule, *args, **kwargs))
+    cache = nft_decode.DecodeCache()
+    ip, ip6 = _kernel_of(1, 'ip', (2, 3)), _kernel_of(1, 'ip6', (2, 3))
+    for kernel, family in ((ip, 'ip'), (ip6, 'ip6')):
+        assert len(decode_tables(kernel, family, cache)[0].chains['INPUT'].rules) == 2
+    assert decoded == ['ip', 'ip', 'ip6', 'ip6']
+    decoded.clear()
+    for generation in (2, 3, 4):  # the ip6 walk is decoded again and again; the ip one was kept meanwhile
+        decode_tables(_kernel_of(generation, 'ip6', (2, 3)), 'ip6', cache)[0].chains['INPUT'].rules
+    (table,) = decode_tables(_kernel_of(5, 'ip', (2, 3)), 'ip', cache)
+    assert [rule.text for rule in table.chains['INPUT'].rules] == ['-A INPUT -i lo -j ACCEPT', '-A INPUT -j DROP'] and decoded == []
+
+
+def test_a_chain_rewritten_as_it_was_is_decoded_once_under_its_new_handles(monkeypatch):
+    from datadog_checks.loopback_traffic import nft_decode
+
+    cache = nft_decode.DecodeCache()
+    first = decode_tables(_kernel_of(1, 'ip', (2, 3)), 'ip', cache)[0].chains['INPUT']
+    kept = first.walk_rules
+    assert [rule.handle for rule in first.rules] == [2, 3]
+    monkeypatch.setattr(nft_decode, 'decode_rule', lambda *args, **kwargs: pytest.fail('decoded again'))
+    again = decode_tables(_kernel_of(2, 'ip', (7, 8)), 'ip', cache)[0]
+    assert again.chains['INPUT'].walk_rules is kept  # what walks kept of it is found again
+    assert [rule.handle for rule in again.chains['INPUT'].rules] == [7, 8]
+    assert [nft_decode.current_handle(again, 'INPUT', index) for index in (1, 2, 3)] == [7, 8, None]
