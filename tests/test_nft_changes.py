@@ -424,10 +424,9 @@ def _wait_for(predicate, timeout=10.0):
         time.sleep(0.05)
 
 
-def test_an_owned_table_gone_with_its_owner_unannounced_is_seen_at_the_next_change(netns):
-    """A table with `flags owner` goes away with its owner's socket: no notification, no new generation.
-    A later change of rules only (behind FORWARD) makes the kept ruleset the new generation's,
-    the released table's chain still in it."""
+def _owned_table_dropping_lo(netns):
+    """LOCHAIN_RULESET, and a table owned by an ``nft -i`` process that drops lo input; a kept
+    instance that judged it."""
     netns.restore(LOCHAIN_RULESET, 'ipv4')
     owner = netns.spawn(['nft', '-i'], stdin_pipe=True)
     owner.stdin.write('add table ip own { flags owner; }\n'
@@ -437,10 +436,22 @@ def test_an_owned_table_gone_with_its_owner_unannounced_is_seen_at_the_next_chan
     _wait_for(lambda: 'own' in netns.run(['nft', 'list', 'tables']).stdout)
     state = InstanceState()
     assert accept_lo(netns, state=state)[0] is Status.FAIL
-    gen_before = state.kernel.ruleset.generation
+    return owner, state
+
+
+def _release(netns, owner):
     owner.stdin.close()
     owner.wait(10)
     _wait_for(lambda: 'own' not in netns.run(['nft', 'list', 'tables']).stdout)
+
+
+def test_an_owned_table_gone_with_its_owner_unannounced_is_seen_at_the_next_change(netns):
+    """A table with `flags owner` goes away with its owner's socket: no notification, no new generation.
+    A later change of rules only (behind FORWARD) makes the kept ruleset the new generation's,
+    the released table's chain still in it."""
+    owner, state = _owned_table_dropping_lo(netns)
+    gen_before = state.kernel.ruleset.generation
+    _release(netns, owner)
     fresh_state = InstanceState()
     accept_lo(netns, state=fresh_state)
     assert fresh_state.kernel.ruleset.generation == gen_before  # released without a transaction
@@ -490,18 +501,8 @@ def test_set_elements_that_time_out_are_seen_in_the_same_generation(netns):
 
 
 def test_an_owned_table_gone_with_its_owner_is_seen_in_the_same_generation(netns):
-    netns.restore(LOCHAIN_RULESET, 'ipv4')
-    owner = netns.spawn(['nft', '-i'], stdin_pipe=True)
-    owner.stdin.write('add table ip own { flags owner; }\n'
-                      'add chain ip own in { type filter hook input priority -5; }\n'
-                      'add rule ip own in iif lo drop\n')
-    owner.stdin.flush()
-    _wait_for(lambda: 'own' in netns.run(['nft', 'list', 'tables']).stdout)
-    state = InstanceState()
-    assert accept_lo(netns, state=state)[0] is Status.FAIL
-    owner.stdin.close()
-    owner.wait(10)
-    _wait_for(lambda: 'own' not in netns.run(['nft', 'list', 'tables']).stdout)
+    owner, state = _owned_table_dropping_lo(netns)
+    _release(netns, owner)
     state.evaluated.clear()
     kept = accept_lo(netns, state=state)
     assert kept == accept_lo(netns) and kept[0] is Status.PASS and probe_loopback(netns, 'ipv4', 'udp')
