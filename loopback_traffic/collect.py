@@ -188,6 +188,7 @@ class KernelCache:
             self.chains.update(attempt.read)
         self.chains_generation = attempt.generation
         self.watch.read_done(attempt.generation, attempt.losses)
+        self.watch.size_for(sum(len(known.rules) for known in self.chains.values()))
 
     def close(self) -> None:
         self.watch.close()

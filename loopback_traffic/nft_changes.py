@@ -54,7 +54,13 @@ NFTA_GEN_ID = 1
 _GENERATION_MASK = 0xFFFFFFFF
 _HEADER = struct.Struct('=IHHII')
 _NLA = struct.Struct('=HH')
-DEFAULT_WATCH_RCVBUF = 16 * 1024 * 1024  # a kube-proxy sync of a few thousand rules; beyond, the next read is a full one
+# The socket's receive buffer (the kernel doubles the value for its own overhead). A rewrite of a
+# chain announces each rule twice (deleted, added), about 1.7 kB of notifications per rule, and
+# kube-proxy rewrites its biggest chains at every sync: the buffer follows the number of rules the
+# check holds, within these bounds. Notifications beyond it are lost, and the next read is a full one.
+WATCH_RCVBUF_PER_RULE = 1200
+SMALLEST_WATCH_RCVBUF = 8 * 1024 * 1024
+LARGEST_WATCH_RCVBUF = 64 * 1024 * 1024
 _RECV_SIZE = 1 << 17
 
 
@@ -295,8 +301,9 @@ class ChangeWatch:
     opened in the namespace whose ruleset it watches, before the first read; where it cannot be
     opened (no CAP_NET_ADMIN, no netlink), every answer is "unknown"."""
 
-    def __init__(self, rcvbuf: int = DEFAULT_WATCH_RCVBUF, wait: float = 0.2) -> None:
-        self.rcvbuf = rcvbuf
+    def __init__(self, smallest: int = SMALLEST_WATCH_RCVBUF, largest: int = LARGEST_WATCH_RCVBUF, wait: float = 0.2) -> None:
+        self.smallest, self.largest = smallest, largest
+        self.rcvbuf = smallest
         self.wait = wait  # how long to wait for a transaction whose id was read before its notifications arrived
         self.log = ChangeLog()
         self._sock: Optional[socket.socket] = None
@@ -315,10 +322,7 @@ class ChangeWatch:
             return
         try:
             sock.bind((0, 0))
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            _set_rcvbuf(sock, self.rcvbuf)
             sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
             sock.setblocking(False)
         except OSError:
@@ -327,6 +331,16 @@ class ChangeWatch:
         self._sock = sock
         self.log = ChangeLog()
         self.log.overflowed()  # nothing before the first full read is vouched for
+
+    def size_for(self, rules: int) -> None:
+        """Room for the notifications of a rewrite of ``rules`` rules (the rules the check holds)."""
+        wanted = min(max(rules * WATCH_RCVBUF_PER_RULE, self.smallest), self.largest)
+        if self._sock is not None and wanted != self.rcvbuf:
+            try:
+                _set_rcvbuf(self._sock, wanted)
+            except OSError:
+                return
+            self.rcvbuf = wanted
 
     def close(self) -> None:
         if self._sock is not None:
@@ -381,6 +395,13 @@ class ChangeWatch:
             if not data:
                 return
             self.log.feed(data)
+
+
+def _set_rcvbuf(sock: socket.socket, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)  # CAP_NET_ADMIN: beyond net.core.rmem_max
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 __all__ = ['Changes', 'ChangeLog', 'ChangeWatch', 'NOTHING_CHANGED', 'NOT_YET', 'UNKNOWN', 'is_after', 'next_generation']

@@ -130,12 +130,13 @@ class _FamilyDecodes:
         self._chains: Dict[Tuple[str, str, str, bool, bool], '_DecodedRules'] = {}
         self._chains_before: Dict[Tuple[str, str, str, bool, bool], '_DecodedRules'] = {}
         self._vouched: Dict[int, Tuple[Sequence[KernelRule], bool]] = {}  # by the rules' identity (kept alive here)
+        self._vouched_before: Dict[int, Tuple[Sequence[KernelRule], bool]] = {}
         self.generation: Optional[int] = None
 
     def start(self, generation: int) -> None:
         if generation != self.generation:
             self.generation = generation
-            self._vouched = {}
+            self._vouched_before, self._vouched = self._vouched, {}
             self._previous, self._current = self._current, {}
             self._leading_before, self._leading = self._leading, {}
             self._chains_before, self._chains = self._chains, {}
@@ -143,7 +144,10 @@ class _FamilyDecodes:
     def vouched(self, raw: Sequence[KernelRule]) -> bool:
         known = self._vouched.get(id(raw))
         if known is None or known[0] is not raw:
-            known = self._vouched[id(raw)] = (raw, not any(_looks_up_sets(rule.raw_expressions) for rule in raw))
+            known = self._vouched_before.get(id(raw))
+            if known is None or known[0] is not raw:
+                known = (raw, not any(_looks_up_sets(rule.raw_expressions) for rule in raw))
+            self._vouched[id(raw)] = known
         return known[1]
 
     def chain(self, key: Tuple[str, str, str, bool, bool], raw: Tuple[KernelRule, ...], decoding: '_Decoding') -> '_DecodedRules':

@@ -9,6 +9,7 @@ verdict checked against the kernel with real packets.
 from __future__ import annotations
 
 import errno
+import socket
 import struct
 import time
 from typing import List
@@ -317,7 +318,7 @@ def test_a_renamed_chain_is_read_again_under_its_new_name(netns, counted_dumps):
 def test_lost_notifications_fall_back_to_reading_every_chain(netns, counted_dumps):
     netns.restore(LOCHAIN_RULESET, 'ipv4')
     state = InstanceState()
-    state.kernel.watch = ChangeWatch(rcvbuf=4096)  # the kernel's smallest buffer: a large change overflows it
+    state.kernel.watch = ChangeWatch(smallest=4096, largest=4096)  # the kernel's smallest buffer: a large change overflows it
     assert evaluate_with(netns, 'ipv4', state=state).result.status is Status.PASS
     counted_dumps.clear()
     many = ''.join('-A SIDE -d 10.0.{}.{}/32 -j REJECT\n'.format(i // 250, i % 250) for i in range(600))
@@ -358,6 +359,20 @@ def test_the_watch_is_closed_when_the_agent_cancels_the_check(netns):
     assert not cache.watch.watching
     netns.run(['iptables', '-I', 'LOCHAIN', '1', '-i', 'lo', '-j', 'DROP'], check=True)
     assert evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO).status is Status.FAIL
+
+
+def test_the_watch_makes_room_for_a_rewrite_of_the_rules_held(netns):
+    from datadog_checks.loopback_traffic.namespaces import in_network_namespace
+
+    watch = ChangeWatch(smallest=1 << 20, largest=8 << 20)
+    in_network_namespace('/run/netns/' + netns.name, watch.open)
+    assert watch.watching and watch.rcvbuf == 1 << 20
+    watch.size_for(2000)  # 2.4 MB of notifications if every rule were rewritten
+    assert watch.rcvbuf == 2000 * 1200
+    watch.size_for(10 ** 6)
+    assert watch.rcvbuf == 8 << 20
+    assert watch._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * (8 << 20)  # as the kernel keeps it
+    watch.close()
 
 
 def test_a_watch_that_cannot_subscribe_answers_unknown(monkeypatch):
