@@ -152,6 +152,8 @@ class KernelCache:
                 return
             chain_names, newest = index
         touches = changes.touches
+        # The changed chains' last reads stay at hand: a chain rewritten as it was keeps its rules.
+        self._earlier = {key: rules for key, rules in self.chains.items() if touches(key)}
         self.chains = {key: rules for key, rules in self.chains.items() if not touches(key)}
         kept = {key: rules for key, rules in last.rules.items() if not touches(key)}
         self.ruleset = replace(last, generation=generation, rules=ChainRules(kept), chain_names=chain_names, newest_chains=newest)

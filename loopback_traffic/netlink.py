@@ -406,6 +406,41 @@ _unpack_be64 = _BE64.unpack_from
 
 def _rule_from(family: str, data: bytes, start: int, end: int, names: Dict[bytes, str]) -> KernelRule:
     """The hot loop of a rule dump: the top-level attributes of one NFT_MSG_NEWRULE only."""
+    table, chain, handle, position, expressions, userdata = _rule_fields(data, start, end, names)
+    # KernelRule is a frozen dataclass: filling its __dict__ skips the frozen __init__ (one
+    # object.__setattr__ per field), which was a third of the cost of a rule.
+    rule: KernelRule = _new_object(KernelRule)
+    fields = rule.__dict__
+    fields['family'] = family
+    fields['table'] = table
+    fields['chain'] = chain
+    fields['handle'] = handle
+    fields['position'] = position
+    fields['raw_expressions'] = expressions
+    fields['userdata'] = userdata
+    return rule
+
+
+def _take_new_handles(messages: List[Tuple[int, bytes, int, int]], rules: Tuple[KernelRule, ...], names: Dict[bytes, str]) -> bool:
+    """Whether a chain's messages are ``rules`` again, in order, under new handles (kube-proxy
+    rewrites its big chains so at every sync); if so, the rules (the reader's own objects, kept by
+    the caller) take the new handles and positions, and nothing is built again."""
+    if len(messages) != len(rules):
+        return False
+    moved = []
+    for (number, data, start, end), rule in zip(messages, rules):
+        table, chain, handle, position, expressions, userdata = _rule_fields(data, start, end, names)
+        if expressions != rule.raw_expressions or userdata != rule.userdata or family_name(number) != rule.family:
+            return False
+        moved.append((handle, position))
+    for rule, (handle, position) in zip(rules, moved):
+        rule.__dict__['handle'] = handle
+        rule.__dict__['position'] = position
+    return True
+
+
+def _rule_fields(data: bytes, start: int, end: int, names: Dict[bytes, str]) -> Tuple[str, str, int, int, bytes, bytes]:
+    """(table, chain, handle, position, expressions, userdata) of one NFT_MSG_NEWRULE's attributes."""
     table = chain = ''
     handle = position = 0
     expressions = userdata = b''
@@ -434,18 +469,7 @@ def _rule_from(family: str, data: bytes, start: int, end: int, names: Dict[bytes
         offset += (length + 3) & ~3
     if end - offset >= 4:
         raise NetlinkError('malformed netlink rule message: trailing bytes')
-    # KernelRule is a frozen dataclass: filling its __dict__ skips the frozen __init__ (one
-    # object.__setattr__ per field), which was a third of the cost of a rule.
-    rule: KernelRule = _new_object(KernelRule)
-    fields = rule.__dict__
-    fields['family'] = family
-    fields['table'] = table
-    fields['chain'] = chain
-    fields['handle'] = handle
-    fields['position'] = position
-    fields['raw_expressions'] = expressions
-    fields['userdata'] = userdata
-    return rule
+    return table, chain, handle, position, expressions, userdata
 
 
 def parse_rule(
@@ -710,7 +734,8 @@ class NetlinkReader:
     def chain_rules(self, family: str, table: str, chain: str, known: Optional[KnownRules] = None) -> KnownRules:
         """The rules of one chain with a digest of what the kernel sent for them; ``known`` (an
         earlier read's) when the digest is the same: the same bytes are the same rules, handles
-        included, so an unchanged chain costs its dump and no parsing."""
+        included, so an unchanged chain costs its dump and no parsing. Where only the handles
+        changed, ``known``'s rules, which take the new handles."""
         number = family_number(family)
         attrs = _attr_string(NFTA_RULE_TABLE, table) + _attr_string(NFTA_RULE_CHAIN, chain)
         messages: List[Tuple[int, bytes, int, int]] = []
@@ -728,6 +753,8 @@ class NetlinkReader:
         if known is not None and known.digest == found:
             return known
         names = _Names()
+        if known is not None and _take_new_handles(messages, known.rules, names):
+            return KnownRules(found, known.rules)
         families: Dict[int, str] = {}
         rules = []
         for number, data, start, end in messages:

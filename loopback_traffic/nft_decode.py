@@ -152,7 +152,7 @@ class _FamilyDecodes:
 
     def chain(self, key: Tuple[str, str, str, bool, bool], raw: Tuple[KernelRule, ...], decoding: '_Decoding') -> '_DecodedRules':
         found = self._chains.get(key) or self._chains_before.get(key)
-        if found is not None and found.raw is not raw and found.reusable and _rewritten_as_they_were(found.raw, raw):
+        if found is not None and found.reusable and (found.raw is raw and found.handles_moved() or found.raw is not raw and _rewritten_as_they_were(found.raw, raw)):
             found.rehandle(raw)  # kube-proxy rewrites its big chains at every sync: the same rules, new handles
         elif found is None or found.raw is not raw or not found.reusable:
             found = _DecodedRules(raw, decoding)
@@ -356,6 +356,7 @@ class _DecodedRules(Sequence[Rule]):
 
     def __init__(self, raw_rules: Tuple[KernelRule, ...], decoding: _Decoding) -> None:
         self.raw = raw_rules
+        self._handles = tuple(raw.handle for raw in raw_rules)  # as the rules had them when decoded
         self._decoding = decoding
         self._items: List[Union[KernelRule, Rule]] = []
         self.reusable = True  # False where a rule looks up a set, whose contents may change
@@ -380,6 +381,11 @@ class _DecodedRules(Sequence[Rule]):
             elif item.handle != raw.handle:
                 self._items[index] = replace(item, handle=raw.handle)
         self.raw = raw_rules
+        self._handles = tuple(raw.handle for raw in raw_rules)
+
+    def handles_moved(self) -> bool:
+        """Whether the reader gave these very rules new handles (:func:`.netlink.chain_rules`)."""
+        return self._handles != tuple(raw.handle for raw in self.raw)
 
     def handle_at(self, index: int) -> int:
         return self._items[index].handle

@@ -651,11 +651,13 @@ def test_a_chain_rewritten_as_it_was_keeps_its_walks_and_gets_its_new_handles(ne
 
     monkeypatch.setattr(evaluator._ChainWalker, '_scan_rules', counting)
     rewrite = '*filter\n:LOCHAIN - [0:0]\n-A LOCHAIN -i lo -p udp -j DROP\n-A LOCHAIN -i lo -j ACCEPT\nCOMMIT\n'
+    read = state.kernel.chains[('ip', 'filter', 'LOCHAIN')].rules
     netns.run(['iptables-restore', '--noflush'], input=rewrite, check=True)
     handles = _handles(netns, 'LOCHAIN')
     assert handles != [d.where.handle for d in before.deviations] + [before.deciding.handle]
     after = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
     assert scans == []  # every walk found again
+    assert state.kernel.chains[('ip', 'filter', 'LOCHAIN')].rules is read and [rule.handle for rule in read] == handles  # not built again
     assert (after.status, after.deciding.index, [d.where.index for d in after.deviations]) == (
         before.status, before.deciding.index, [d.where.index for d in before.deviations])
     assert [d.where.handle for d in after.deviations] + [after.deciding.handle] == handles
