@@ -21,8 +21,8 @@ from typing import BinaryIO, Callable, Dict, FrozenSet, Hashable, Iterable, List
 from .config import LEGACY, NFT, Options
 from .ipset import IpsetError, IpsetReader
 from .ipset_contents import MATCH_SET, NOT_IN_A_SAVED_RULESET, SetsOnDemand, SetsRead
-from .netlink import ChainMessages, KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, Vanished, read_consistent
-from .nf_tables import ChainKey, ChainRules, KernelChain, KernelRule, KernelRuleset, KernelSet
+from .netlink import ChainIndex, ChainMessages, KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, Vanished, read_consistent
+from .nf_tables import ChainKey, ChainRules, KernelChain, KernelRule, KernelRuleset, KernelSet, KernelTable
 from .nft_changes import NOTHING_CHANGED, Changes, ChangeWatch
 from .namespaces import in_network_namespace
 from .runner import CollectionError, command_line
@@ -204,12 +204,8 @@ def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[
         return last, {key: last.rules[key] for key in last.rules}
     if last is not None and last.generation == cache.chains_generation and cache.changes is not None and cache.changes.rules_only:
         return replace(last, generation=generation, rules={}), _base_chain_rules(reader, cache, last.chains)
-    tables = tuple(table for table in reader.tables() if table.family in _PACKET_FAMILIES and not table.dormant)
-    names = {(table.family, table.name) for table in tables}
-    index = reader.chain_index(cache.chain_messages)
-    chains = tuple(chain for chain in index.base if (chain.family, chain.table) in names)
-    chain_names = frozenset(key for key in index.names if (key[0], key[1]) in names)
-    newest = {table: handle for table, handle in index.newest.items() if table in names}
+    tables = _packet_tables(reader)
+    chains, chain_names, newest = _of_tables(reader.chain_index(cache.chain_messages), tables)
     changes = cache.changes
     if last is not None and changes is not None and (changes.may_rename(last.newest_chains) or not changes.explains_gone(last.chain_names - chain_names)):
         cache.forget_changes()  # a chain was renamed: the rules jumping to it now print another name
@@ -225,19 +221,33 @@ def _chain_index_at(
 ) -> Optional[Tuple[FrozenSet[ChainKey], Dict[Tuple[str, str], int]]]:
     """Every chain of ``last``'s tables and each table's newest chain handle, read at ``generation``;
     None where the base chains are no longer ``last``'s or the generation moved during the read."""
-    tables = {(table.family, table.name) for table in last.tables}
-    index = reader.chain_index(cache_messages)
-    if tuple(chain for chain in index.base if (chain.family, chain.table) in tables) != last.chains or reader.generation() != generation:
+    chains, names, newest = _of_tables(reader.chain_index(cache_messages), last.tables)
+    if chains != last.chains or reader.generation() != generation:
         return None
-    names = frozenset(key for key in index.names if (key[0], key[1]) in tables)
-    return names, {table: handle for table, handle in index.newest.items() if table in tables}
+    return names, newest
+
+
+def _packet_tables(reader: NetlinkReader) -> Tuple[KernelTable, ...]:
+    """The tables that take part in the packets' path: of the families that see IP packets, not dormant."""
+    return tuple(table for table in reader.tables() if table.family in _PACKET_FAMILIES and not table.dormant)
+
+
+def _of_tables(
+    index: ChainIndex, tables: Iterable[KernelTable]
+) -> Tuple[Tuple[KernelChain, ...], FrozenSet[ChainKey], Dict[Tuple[str, str], int]]:
+    """The chain index's base chains, chain names and newest handles in ``tables``."""
+    names = {(table.family, table.name) for table in tables}
+    return (
+        tuple(chain for chain in index.base if (chain.family, chain.table) in names),
+        frozenset(key for key in index.names if (key[0], key[1]) in names),
+        {table: handle for table, handle in index.newest.items() if table in names},
+    )
 
 
 def _silent_state_unchanged(reader: NetlinkReader, last: KernelRuleset) -> bool:
     """Whether what may change unannounced, in the same generation (a table that went with its
     owner, set elements that timed out or that packets added), is as ``last`` read it."""
-    tables = tuple(table for table in reader.tables() if table.family in _PACKET_FAMILIES and not table.dormant)
-    if tables != last.tables:
+    if _packet_tables(reader) != last.tables:
         return False
     sets: Dict[Tuple[str, str, str], KernelSet] = {}
     try:
