@@ -43,7 +43,9 @@ from .nf_tables import (
     be32,
     be32_signed,
     be64,
+    same_but_counts,
     string,
+    without_statistics,
 )
 
 __all__ = [
@@ -416,7 +418,7 @@ def _rule_from(family: str, data: bytes, start: int, end: int, names: Dict[bytes
     fields['chain'] = chain
     fields['handle'] = handle
     fields['position'] = position
-    fields['raw_expressions'] = expressions
+    fields['raw_expressions'] = without_statistics(expressions)
     fields['userdata'] = userdata
     return rule
 
@@ -430,13 +432,22 @@ def _take_new_handles(messages: List[Tuple[int, bytes, int, int]], rules: Tuple[
     moved = []
     for (number, data, start, end), rule in zip(messages, rules):
         table, chain, handle, position, expressions, userdata = _rule_fields(data, start, end, names)
-        if expressions != rule.raw_expressions or userdata != rule.userdata or family_name(number) != rule.family:
+        if not _same_but_counts(expressions, rule) or userdata != rule.userdata or family_name(number) != rule.family:
             return False
         moved.append((handle, position))
     for rule, (handle, position) in zip(rules, moved):
         rule.__dict__['handle'] = handle
         rule.__dict__['position'] = position
     return True
+
+
+def _same_but_counts(expressions: bytes, rule: KernelRule) -> bool:
+    """Whether a rule's expressions as read are ``rule``'s (whose counters were zeroed), counts aside."""
+    kept = rule.raw_expressions
+    if expressions == kept:
+        return True
+    at = rule.counter_at
+    return same_but_counts(expressions, kept, at) if at >= 0 else without_statistics(expressions) == kept
 
 
 def _rule_fields(data: bytes, start: int, end: int, names: Dict[bytes, str]) -> Tuple[str, str, int, int, bytes, bytes]:

@@ -113,6 +113,82 @@ def expressions_of(raw: bytes) -> Tuple['Expression', ...]:
     return tuple(_expression(element) for kind, element in attribute_list(raw) if kind == 1)  # NFTA_LIST_ELEM
 
 
+# Expressions whose data is statistics the kernel updates with every packet the rule sees
+# (counter: packets and bytes; last: when it last matched). Nothing here reads them.
+_COUNTER_NAME = b'\x0c\x00\x01\x00counter\x00'  # NFTA_EXPR_NAME "counter", as the kernel writes it
+_UNCOUNTED = bytes(8)  # NFTA_COUNTER_BYTES and _PACKETS start 20 and 32 bytes after that name
+_two_headers = struct.Struct('=HHHH').unpack_from
+
+
+def without_statistics(raw: bytes) -> bytes:
+    """An NFTA_RULE_EXPRESSIONS payload with what its counter and last expressions hold set to zero:
+    the same rule keeps the same bytes while traffic flows (a counter kube-proxy's rules carry
+    changes with every packet), so what was read, decoded and walked of it is found again. Only
+    top-level expressions laid out as the kernel writes them are touched; anything else is left as
+    it is (it then reads as another rule: slower, never wrong)."""
+    at = raw.find(_COUNTER_NAME)
+    if at >= 0 and raw[at + 20 : at + 28] == _UNCOUNTED and raw[at + 32 : at + 40] == _UNCOUNTED and raw.find(_COUNTER_NAME, at + 40) < 0:
+        at = -1  # one counter, nothing counted yet (where it is laid out otherwise, it is read below)
+    if at < 0 and b'last\0' not in raw:
+        return raw
+    zeroed = bytearray(raw)
+    offset, end = 0, len(raw)
+    starts = raw.startswith
+    while offset + 8 <= end:
+        length, kind, name_length, name_kind = _two_headers(raw, offset)
+        if length < 8 or offset + length > end or name_length < 4:
+            return raw
+        if (name_length == 12 and starts(b'counter\0', offset + 8) or name_length == 9 and starts(b'last\0', offset + 8)) and kind & 0x3FFF == 1 and name_kind & 0x3FFF == 1:
+            if not _zero_values(raw, zeroed, offset + 4 + ((name_length + 3) & ~3), offset + length):
+                return raw
+        offset += (length + 3) & ~3
+    return raw if offset < end or zeroed == raw else bytes(zeroed)
+
+
+def _zero_values(raw: bytes, zeroed: bytearray, data_at: int, end: int) -> bool:
+    """Zero the payload of each attribute nested in the NFTA_EXPR_DATA at ``data_at``; False where it
+    is not laid out as attributes."""
+    data_length, data_kind = struct.unpack_from('=HH', raw, data_at)
+    data_end = data_at + data_length
+    if data_kind & 0x3FFF != 2 or data_length < 4 or data_end > end:
+        return False
+    offset = data_at + 4
+    while offset + 4 <= data_end:
+        length, _ = struct.unpack_from('=HH', raw, offset)
+        if length < 4 or offset + length > data_end:
+            return False
+        zeroed[offset + 4 : offset + length] = bytes(length - 4)
+        offset += (length + 3) & ~3
+    return True
+
+
+def counter_offset(raw: bytes) -> int:
+    """Where the NFTA_EXPR_NAME of the one statistics expression of a payload :func:`without_statistics`
+    gave is, where that is a top-level counter laid out as the kernel writes it (bytes then packets,
+    both zero); else -1. The payload of another rule is then the same rule but for its counts exactly
+    when it is these bytes at every other offset (:func:`same_but_counts`)."""
+    at = raw.find(_COUNTER_NAME)
+    if at < 4 or b'last\0' in raw or raw.find(_COUNTER_NAME, at + 40) >= 0:
+        return -1
+    if raw[at + 12 : at + 20] != b'\x1c\x00\x02\x00\x0c\x00\x01\x00' or raw[at + 28 : at + 32] != b'\x0c\x00\x02\x00':
+        return -1
+    if raw[at + 20 : at + 28] != _UNCOUNTED or raw[at + 32 : at + 40] != _UNCOUNTED:
+        return -1
+    offset, end = 0, len(raw)
+    while offset < at - 4:  # the counter's element must be one of the top level's
+        length = _two_headers(raw, offset)[0] if offset + 8 <= end else 0
+        if length < 8 or offset + length > end:
+            return -1
+        offset += (length + 3) & ~3
+    return at if offset == at - 4 and _two_headers(raw, offset)[:2] in ((44, 1), (44, 0x8001)) else -1
+
+
+def same_but_counts(raw: bytes, kept: bytes, at: int) -> bool:
+    """Whether ``raw`` is the payload ``kept`` (whose :func:`counter_offset` is ``at``, not -1) but for
+    what its counter holds."""
+    return len(raw) == len(kept) and raw[: at + 20] == kept[: at + 20] and raw[at + 28 : at + 32] == kept[at + 28 : at + 32] and raw[at + 40 :] == kept[at + 40 :]
+
+
 def be32(data: bytes) -> int:
     if len(data) != 4:
         raise MalformedAttributes('expected 4 bytes, got {}'.format(len(data)))
@@ -182,13 +258,19 @@ class KernelRule:
     chain: str
     handle: int
     position: int = 0  # NFTA_RULE_POSITION where the kernel gives it, else 0
-    raw_expressions: bytes = field(default=b'', repr=False)  # payload of NFTA_RULE_EXPRESSIONS
+    # Payload of NFTA_RULE_EXPRESSIONS; from the reader, with counters zeroed (:func:`without_statistics`).
+    raw_expressions: bytes = field(default=b'', repr=False)
     userdata: bytes = field(default=b'', repr=False)  # NFTA_RULE_USERDATA (the comment lives there)
 
     @cached_property
     def expressions(self) -> Tuple[Expression, ...]:
         """Decoded on first use. Raises :class:`MalformedAttributes`."""
         return expressions_of(self.raw_expressions)
+
+    @cached_property
+    def counter_at(self) -> int:
+        """:func:`counter_offset` of ``raw_expressions``, found once."""
+        return counter_offset(self.raw_expressions)
 
     @cached_property
     def comment(self) -> Optional[str]:

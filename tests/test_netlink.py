@@ -172,6 +172,82 @@ def test_parse_table_chain_rule_set_elements_generation() -> None:
     assert netlink.parse_generation(attrs_of(GENERATION)) == 77
 
 
+# --------------------------------------------------------------------------- counts are not meaning
+
+def _counted(packets: int, octets: int) -> bytes:
+    return nla(1, nla_str(1, 'counter') + nla(2, nla_be64(1, octets) + nla_be64(2, packets)))
+
+
+def _expressions(*elements: bytes) -> bytes:
+    return b''.join(elements)
+
+
+_ADDRESS = nla(1, nla_str(1, 'payload') + nla(2, nla_be32(1, 1) + nla_be32(2, 1) + nla_be32(3, 12) + nla_be32(4, 4)))
+_LAST = nla(1, nla_str(1, 'last') + nla(2, nla_be32(1, 1) + nla_be64(2, 31337)))
+_QUOTA = nla(1, nla_str(1, 'quota') + nla(2, nla_be64(1, 1000) + nla_be32(2, 0) + nla_be64(4, 999)))
+_DROP = nla(1, nla_str(1, 'immediate') + nla(2, nla_be32(1, 0) + nla(2, nla(1, nla_be32(1, 0)))))
+
+
+def test_counts_and_last_use_read_as_zero_and_nothing_else_changes() -> None:
+    """What counter and last expressions hold moves with every packet: a rule read with traffic
+    counted is the same bytes as before it (what was decoded of it is found again)."""
+    counted = _expressions(_ADDRESS, _counted(12, 3456), _LAST, _QUOTA, _DROP)
+    zero = _expressions(_ADDRESS, _counted(0, 0), nla(1, nla_str(1, 'last') + nla(2, nla_be32(1, 0) + nla_be64(2, 0))), _QUOTA, _DROP)
+    assert nf_tables.without_statistics(counted) == zero  # the quota's consumed bytes are meaning: kept
+    assert nf_tables.without_statistics(zero) is zero  # nothing counted: the same object, no copy
+    message = nla_str(1, 'filter') + nla_str(2, 'input') + nla_be64(3, 42)
+    assert netlink.parse_rule(2, message + nla(4, counted, nested=True)).raw_expressions == zero
+    assert netlink.parse_rule(2, message + nla(4, zero, nested=True)).raw_expressions == zero
+
+
+def test_only_top_level_counters_as_the_kernel_writes_them_are_zeroed() -> None:
+    # A compat match's binary data that holds a counter's bytes is not a counter.
+    inside = nla(1, nla_str(1, 'match') + nla(2, nla_str(1, 'string') + nla_be32(2, 1) + nla(3, _counted(5, 6))))
+    assert nf_tables.without_statistics(_expressions(inside, _DROP)) == _expressions(inside, _DROP)
+    # Malformed (cut short, a length past the end): left as it is, for the decoder to judge.
+    counted = _expressions(_counted(7, 8), _DROP)
+    for cut in (len(counted) - 3, len(counted) - 20, 30):
+        assert nf_tables.without_statistics(counted[:cut]) == counted[:cut]
+    broken = bytearray(counted)
+    broken[0:2] = struct.pack('=H', len(counted) + 8)
+    assert nf_tables.without_statistics(bytes(broken)) == bytes(broken)
+
+
+_KUBE_RULE = _expressions(_ADDRESS, nla(1, nla_str(1, 'match') + nla(2, nla_str(1, 'comment') + nla_be32(2, 0) + nla(3, b'ns/svc:port' + bytes(245)))),
+                         _counted(0, 0), _DROP)
+
+
+@given(st.lists(st.tuples(st.integers(0, len(_KUBE_RULE) - 1), st.integers(0, 255)), max_size=4))
+@settings(max_examples=400, deadline=None)
+def test_the_same_rule_but_for_its_counts_is_found_as_without_statistics_finds_it(changes: List[Tuple[int, int]]) -> None:
+    """What the reader compares a rule read again with (a few slices, at the offset of the kept rule's
+    counter) says "the same rule" exactly where zeroing the counts of the new bytes gives the kept ones."""
+    kept = nf_tables.without_statistics(_KUBE_RULE)
+    at = nf_tables.counter_offset(kept)
+    assert at == kept.find(b'counter') - 4 > 0
+    read = bytearray(kept)
+    for offset, value in changes:
+        read[offset] = value
+    assert nf_tables.same_but_counts(bytes(read), kept, at) == (nf_tables.without_statistics(bytes(read)) == kept)
+
+
+def test_a_counter_not_laid_out_as_the_kernel_does_has_no_offset() -> None:
+    inside = nla(1, nla_str(1, 'match') + nla(2, nla_str(1, 'string') + nla_be32(2, 1) + nla(3, _counted(0, 0))))
+    assert nf_tables.counter_offset(_expressions(inside, _DROP)) == -1  # not at the top level
+    assert nf_tables.counter_offset(_expressions(_counted(0, 0), _counted(0, 0))) == -1  # two of them
+    assert nf_tables.counter_offset(_expressions(_counted(0, 0), _LAST)) == -1
+    assert nf_tables.counter_offset(_expressions(_counted(1, 0), _DROP)) == -1  # counted: not as the reader keeps it
+    assert nf_tables.counter_offset(_expressions(_ADDRESS, _counted(0, 0))) == len(_ADDRESS) + 4
+
+
+@given(st.binary(max_size=200), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+@settings(max_examples=300, deadline=None)
+def test_zeroing_counts_never_raises_and_keeps_the_length(noise: bytes, packets: int, octets: int) -> None:
+    for raw in (noise, _counted(packets, octets) + noise, noise + b'counter\0last\0'):
+        zeroed = nf_tables.without_statistics(raw)
+        assert len(zeroed) == len(raw) and nf_tables.without_statistics(zeroed) == zeroed
+
+
 def test_hook_names_per_family() -> None:
     assert netlink.hook_name(nf_tables.NFPROTO_NETDEV, 1) == 'egress'
     assert netlink.hook_name(nf_tables.NFPROTO_INET, 5) == 'ingress'

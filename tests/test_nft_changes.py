@@ -668,3 +668,44 @@ def test_a_chain_rewritten_as_it_was_keeps_its_walks_and_gets_its_new_handles(ne
     netns.run(['iptables-restore', '--noflush'], input=rewrite.replace('-p udp ', '-p icmp '), check=True)
     again = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
     assert 'LOCHAIN' in scans and again.deviations[0].where.text == '-A LOCHAIN -i lo -p icmp -j DROP'
+
+
+def _packets_counted(ns, chain):
+    listing = ns.run(['nft', 'list', 'chain', 'ip', 'filter', chain], check=True).stdout
+    return [int(line.split('counter packets ', 1)[1].split()[0]) for line in listing.splitlines() if 'counter packets ' in line]
+
+
+def test_a_chain_rewritten_as_it_was_keeps_its_rules_while_traffic_counts(netns, monkeypatch):
+    """On a live node, packets move the counters of the rules kube-proxy rewrote before the check
+    reads them again. The counts are not what the rules mean: what was read, decoded and walked of
+    the rules is kept all the same."""
+    from datadog_checks.loopback_traffic import evaluator
+
+    ruleset = LOCHAIN_RULESET.replace('-A LOCHAIN -i lo -j ACCEPT', '-A LOCHAIN -i lo -p udp -j DROP\n-A LOCHAIN -i lo -j ACCEPT')
+    netns.restore(ruleset, 'ipv4')
+    state = InstanceState()
+    before = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
+    read = state.kernel.chains[('ip', 'filter', 'LOCHAIN')].rules
+    scans = []
+    real = evaluator._ChainWalker._scan_rules
+
+    def counting(self, chain, *args):
+        scans.append(chain.name)
+        return real(self, chain, *args)
+
+    monkeypatch.setattr(evaluator._ChainWalker, '_scan_rules', counting)
+    netns.run(['iptables-restore', '--noflush'], input='*filter\n:LOCHAIN - [0:0]\n-A LOCHAIN -i lo -p udp -j DROP\n-A LOCHAIN -i lo -j ACCEPT\nCOMMIT\n', check=True)
+    assert not probe_loopback(netns, 'ipv4', 'udp') and probe_loopback(netns, 'ipv4', 'icmp')  # the kernel's verdict
+    assert all(_packets_counted(netns, 'LOCHAIN'))  # both rules counted packets since the rewrite
+    after = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
+    assert scans == [] and state.kernel.chains[('ip', 'filter', 'LOCHAIN')].rules is read  # nothing read or walked again
+    assert [rule.handle for rule in read] == _handles(netns, 'LOCHAIN')
+    assert (after.status, after.deciding.index) == (before.status, before.deciding.index) == (Status.PARTIAL, 2)
+    assert after == evaluate_with(netns, 'ipv4').result.requirement(INPUT_ACCEPT_LO)  # what a new instance says
+    # Counted again with nothing rewritten, and the notifications not believed: every chain is read
+    # again, and the counts alone make none of them new rules.
+    assert probe_loopback(netns, 'ipv4', 'icmp')
+    state.kernel.chains_generation = None
+    state.evaluated.clear()
+    kept = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
+    assert state.kernel.chains[('ip', 'filter', 'LOCHAIN')].rules is read and kept == after
