@@ -627,29 +627,36 @@ def test_kept_and_fresh_agree_through_a_series_of_changes(netns):
     assert not differ, '\n'.join('{} ({}): kept {} fresh {}'.format(*d) for d in differ)
 
 
+@pytest.fixture
+def scans(monkeypatch):
+    """The chains the evaluator scans rule by rule (a walk found again scans none)."""
+    from datadog_checks.loopback_traffic import evaluator
+
+    scanned: List[str] = []
+    real = evaluator._ChainWalker._scan_rules
+
+    def counting(self, chain, *args):
+        scanned.append(chain.name)
+        return real(self, chain, *args)
+
+    monkeypatch.setattr(evaluator._ChainWalker, '_scan_rules', counting)
+    return scanned
+
+
 def _handles(ns, chain):
     listing = ns.run(['nft', '-a', 'list', 'chain', 'ip', 'filter', chain], check=True).stdout
     return [int(line.rsplit('# handle ', 1)[1]) for line in listing.splitlines() if '# handle ' in line and 'chain ' not in line]
 
 
-def test_a_chain_rewritten_as_it_was_keeps_its_walks_and_gets_its_new_handles(netns, monkeypatch):
+def test_a_chain_rewritten_as_it_was_keeps_its_walks_and_gets_its_new_handles(netns, scans):
     """kube-proxy rewrites its big chains at every sync (iptables-restore --noflush): the same rules
     under new handles. What was decoded and walked of them is kept; the positions name the new handles."""
-    from datadog_checks.loopback_traffic import evaluator
-
     ruleset = LOCHAIN_RULESET.replace('-A LOCHAIN -i lo -j ACCEPT', '-A LOCHAIN -i lo -p udp -j DROP\n-A LOCHAIN -i lo -j ACCEPT')
     netns.restore(ruleset, 'ipv4')
     state = InstanceState()
     before = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
     assert before.status is Status.PARTIAL and [d.where.handle for d in before.deviations] == _handles(netns, 'LOCHAIN')[:1]
-    scans = []
-    real = evaluator._ChainWalker._scan_rules
-
-    def counting(self, chain, *args):
-        scans.append(chain.name)
-        return real(self, chain, *args)
-
-    monkeypatch.setattr(evaluator._ChainWalker, '_scan_rules', counting)
+    scans.clear()
     rewrite = '*filter\n:LOCHAIN - [0:0]\n-A LOCHAIN -i lo -p udp -j DROP\n-A LOCHAIN -i lo -j ACCEPT\nCOMMIT\n'
     read = state.kernel.chains[('ip', 'filter', 'LOCHAIN')].rules
     netns.run(['iptables-restore', '--noflush'], input=rewrite, check=True)
@@ -675,25 +682,16 @@ def _packets_counted(ns, chain):
     return [int(line.split('counter packets ', 1)[1].split()[0]) for line in listing.splitlines() if 'counter packets ' in line]
 
 
-def test_a_chain_rewritten_as_it_was_keeps_its_rules_while_traffic_counts(netns, monkeypatch):
+def test_a_chain_rewritten_as_it_was_keeps_its_rules_while_traffic_counts(netns, scans):
     """On a live node, packets move the counters of the rules kube-proxy rewrote before the check
     reads them again. The counts are not what the rules mean: what was read, decoded and walked of
     the rules is kept all the same."""
-    from datadog_checks.loopback_traffic import evaluator
-
     ruleset = LOCHAIN_RULESET.replace('-A LOCHAIN -i lo -j ACCEPT', '-A LOCHAIN -i lo -p udp -j DROP\n-A LOCHAIN -i lo -j ACCEPT')
     netns.restore(ruleset, 'ipv4')
     state = InstanceState()
     before = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
     read = state.kernel.chains[('ip', 'filter', 'LOCHAIN')].rules
-    scans = []
-    real = evaluator._ChainWalker._scan_rules
-
-    def counting(self, chain, *args):
-        scans.append(chain.name)
-        return real(self, chain, *args)
-
-    monkeypatch.setattr(evaluator._ChainWalker, '_scan_rules', counting)
+    scans.clear()
     netns.run(['iptables-restore', '--noflush'], input='*filter\n:LOCHAIN - [0:0]\n-A LOCHAIN -i lo -p udp -j DROP\n-A LOCHAIN -i lo -j ACCEPT\nCOMMIT\n', check=True)
     assert not probe_loopback(netns, 'ipv4', 'udp') and probe_loopback(netns, 'ipv4', 'icmp')  # the kernel's verdict
     assert all(_packets_counted(netns, 'LOCHAIN'))  # both rules counted packets since the rewrite
