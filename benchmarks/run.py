@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -313,31 +314,75 @@ def measure_floor(chains: list, repeat: int) -> dict:
 # The chains kube-proxy's iptables mode writes in full at every sync, whatever changed (the
 # per-service chains that did not change are left alone since its partial syncs).
 SYNCED_CHAINS = (('filter', 'KUBE-SERVICES'), ('nat', 'KUBE-SERVICES'), ('nat', 'KUBE-NODEPORTS'))
+# How many services have one endpoint replaced at each sync (pods come and go): kube-proxy then
+# rewrites the service's chain to jump to a new endpoint chain and deletes the old one.
+CHURNED_SERVICES = 10
+
+
+def _listing(backend: str, table: str, chain: str) -> list:
+    listing = subprocess.run([tool('ipv4', backend), '-t', table, '-S', chain], capture_output=True, text=True)
+    return [line for line in listing.stdout.splitlines() if line.startswith('-A ')] if listing.returncode == 0 else []
+
+
+class EndpointChurn:
+    """At each sync, one endpoint of each of ``CHURNED_SERVICES`` services replaced by a new one."""
+
+    def __init__(self, backend: str, services_rules: list) -> None:
+        self.backend = backend
+        names = [m.group(1) for m in (re.search(r'-j (KUBE-SVC-\w+)', line) for line in services_rules) if m]
+        self.services = {name: _listing(backend, 'nat', name) for name in dict.fromkeys(names[:CHURNED_SERVICES])}
+        self.services = {name: rules for name, rules in self.services.items() if rules and 'KUBE-SEP-' in rules[-1]}
+        self.endpoints = {}
+        for rules in self.services.values():
+            old = re.search(r'-j (KUBE-SEP-\w+)', rules[-1]).group(1)
+            self.endpoints[old] = _listing(backend, 'nat', old)
+        self.replaced = 0
+
+    def next(self):
+        """(chains declared, rules, chains deleted) of the nat table for the next sync."""
+        declared, rules, deleted = [], [], []
+        for service, service_rules in self.services.items():
+            old = re.search(r'-j (KUBE-SEP-\w+)', service_rules[-1]).group(1)
+            old_address = re.search(r'-> ([\d.]+):', service_rules[-1]).group(1)
+            self.replaced += 1
+            address = f'10.250.{self.replaced // 250 % 250}.{self.replaced % 250 + 1}'
+            new = 'KUBE-SEP-' + hashlib.sha256(f'{service}/{address}'.encode()).hexdigest()[:16].upper()
+            service_rules[-1] = service_rules[-1].replace(old, new).replace(old_address, address)
+            self.endpoints[new] = [line.replace(old, new).replace(old_address, address) for line in self.endpoints.pop(old)]
+            declared += [service, new, old]  # the old one flushed, then deleted
+            rules += service_rules + self.endpoints[new]
+            deleted.append(old)
+        return declared, rules, deleted
 
 
 def kube_proxy_sync(instance: dict):
-    """A function that rewrites the chains kube-proxy rewrites at every sync (``SYNCED_CHAINS``), the way
-    it does (one ``iptables-restore --noflush`` of each table with those chains in full), or None where
-    the ruleset has none of them."""
+    """A function that does what a kube-proxy sync does (``SYNCED_CHAINS`` rewritten in full, the
+    endpoint churn of ``CHURNED_SERVICES`` services), the way it does it (one ``iptables-restore
+    --noflush`` per table), then sends traffic; or None where the ruleset has none of those chains."""
     backend = 'legacy' if 'legacy' in ' '.join(instance.get('iptables_save_command', [])) else 'nft'
     texts = {}
     for table, chain in SYNCED_CHAINS:
-        listing = subprocess.run([tool('ipv4', backend), '-t', table, '-S', chain], capture_output=True, text=True)
-        if listing.returncode != 0:
-            continue
-        rules = [line for line in listing.stdout.splitlines() if line.startswith('-A ')]
-        texts.setdefault(table, []).append((chain, rules))
+        rules = _listing(backend, table, chain)
+        if rules:
+            texts.setdefault(table, []).append((chain, rules))
     if not texts:
         return None
-    text = ''.join('*{}\n'.format(table) + ''.join(':{} - [0:0]\n'.format(chain) for chain, _ in chains)
-                   + ''.join(line + '\n' for _, rules in chains for line in rules) + 'COMMIT\n'
-                   for table, chains in texts.items())
-
-    services = [(m.group(1), int(m.group(2))) for m in re.finditer(r'-A KUBE-SERVICES -d (\S+)/32 -p tcp .*?--dport (\d+)', text)]
+    services = [(m.group(1), int(m.group(2))) for _, rules in sum(texts.values(), []) for line in rules
+                for m in [re.match(r'-A KUBE-SERVICES -d (\S+)/32 -p tcp .*?--dport (\d+)', line)] if m]
     reached = services[::max(1, len(services) // TRAFFIC_SERVICES)] if TRAFFIC_SERVICES else []
+    churn = EndpointChurn(backend, dict(texts.get('nat', [])).get('KUBE-SERVICES', []))
+
+    def restore_text() -> str:
+        out = []
+        for table, chains in texts.items():
+            declared, rules, deleted = churn.next() if table == 'nat' else ([], [], [])
+            out.append('*{}\n'.format(table) + ''.join(':{} - [0:0]\n'.format(chain) for chain in [c for c, _ in chains] + declared)
+                       + ''.join(line + '\n' for _, chain_rules in chains for line in chain_rules)
+                       + ''.join(line + '\n' for line in rules) + ''.join('-X {}\n'.format(chain) for chain in deleted) + 'COMMIT\n')
+        return ''.join(out)
 
     def sync():
-        subprocess.run([tool('ipv4', backend, 'restore'), '--noflush'], input=text, text=True, check=True)
+        subprocess.run([tool('ipv4', backend, 'restore'), '--noflush'], input=restore_text(), text=True, check=True)
         connect_to(reached)
 
     return sync

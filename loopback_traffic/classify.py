@@ -103,8 +103,12 @@ def _networks(values: Sequence[str], family_of: IPNetwork) -> Optional[List[IPNe
     return networks
 
 
+# (first, last, prefix length) of each of a condition's prefixes, as integers.
+AddressRanges = Tuple[Tuple[int, int, int], ...]
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def _address_ranges(values: Tuple[str, ...], version: int) -> Optional[Tuple[Tuple[int, int, int], ...]]:
+def _address_ranges(values: Tuple[str, ...], version: int) -> Optional[AddressRanges]:
     """The first and last address and the prefix length of each ``-s``/``-d`` value, as integers: a
     Kubernetes node's service rules hold tens of thousands of addresses, each classified for every
     class. None when one value cannot be read as a prefix."""
@@ -157,7 +161,10 @@ def _address_relation(values: Tuple[str, ...], packets: Optional[IPNetwork], fam
     values (``-s a,b``, or a set's elements) match when any does. Prefixes nest or are disjoint."""
     if not values:
         return SOME
-    ranges = _address_ranges(values, family_of.version)
+    return _ranges_relation(_address_ranges(values, family_of.version), packets)
+
+
+def _ranges_relation(ranges: Optional[AddressRanges], packets: Optional[IPNetwork]) -> Relation:
     if ranges is None:
         return SOME
     if packets is None:
@@ -206,6 +213,33 @@ def _builtin_option(option: Option, packets: PacketClass) -> Relation:
 
 def _builtin(match: Match, packets: PacketClass) -> Relation:
     return _conjunction(_builtin_option(option, packets) for option in match.options)
+
+
+# A condition of a rule known before the rule is decoded, in a form that holds no object the garbage
+# collector follows (a Kubernetes node's rules have tens of thousands): an address,
+# ('-s' | '-d', negated, IP version, the ranges classify reads of the value or None), or an
+# interface, ('-i' | '-o', negated, 0, the pattern). Each stands for the match
+# ``Match('', (Option(option, (value,), negated),))``.
+KnownCondition = Tuple[str, bool, int, object]
+
+
+def known_address(option: str, negated: bool, version: int, text: str) -> KnownCondition:
+    """The known condition of one ``-s``/``-d`` value as the decoder writes it."""
+    return (option, negated, version, _address_ranges((text,), version))
+
+
+def excluded_by_known(conditions: Iterable[KnownCondition], packets: PacketClass) -> bool:
+    """Whether conditions known before a rule is decoded say it matches none of the class: exactly
+    where :func:`classify_matches` of the matches they stand for is NONE."""
+    for option, negated, version, value in conditions:
+        if option == '-s' or option == '-d':
+            ranges = value if version == packets.source.version else None
+            relation = _ranges_relation(ranges, packets.source if option == '-s' else packets.destination)  # type: ignore[arg-type]
+        else:
+            relation = _interface_relation(value, packets.in_interface if option == '-i' else packets.out_interface)  # type: ignore[arg-type]
+        if relation is (ALL if negated else NONE):
+            return True
+    return False
 
 
 # --- match modules -------------------------------------------------------------------------------------

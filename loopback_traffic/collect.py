@@ -132,7 +132,7 @@ class KernelCache:
 
     def advance(self, reader: NetlinkReader, generation: int) -> None:
         """Where the notifications prove that only rules changed since the ruleset held here was read
-        (or regular chains were added or deleted too: then the chain index is read again), it
+        (or regular chains were added or deleted too: the notifications name them), it
         becomes the ruleset of ``generation``, less the chains whose rules changed; so do the walks
         that were given none of those chains (a walk is a function of the chains it was given, the
         tables, base chains and sets, and the ipsets it used, which the caller checks)."""
@@ -147,9 +147,12 @@ class KernelCache:
         if changes.chain_set:
             if changes.may_rename(last.newest_chains):
                 return
-            index = _chain_index_at(reader, last, generation, self.chain_messages)
-            if index is None or not changes.explains_gone(last.chain_names - index[0]):
-                return
+            # kube-proxy adds and deletes endpoint chains at most syncs: the notifications name them.
+            index = changes.chain_index_after(last.chain_names, last.newest_chains, {(table.family, table.name) for table in last.tables})
+            if index is None:
+                index = _chain_index_at(reader, last, generation, self.chain_messages)
+                if index is None or not changes.explains_gone(last.chain_names - index[0]):
+                    return
             chain_names, newest = index
         touches = changes.touches
         # The changed chains' last reads stay at hand: a chain rewritten as it was keeps its rules.

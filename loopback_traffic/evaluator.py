@@ -14,9 +14,9 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .classify import ALL, NONE, SOME, Relation, after, apply, classify, classify_matches, cover
+from .classify import ALL, NONE, SOME, KnownCondition, Relation, after, apply, classify, cover, excluded_by_known
 from .ipset_contents import unknown_sets
-from .model import INCOMPATIBLE_TABLE, JUMP, STATEMENT, Chain, Match, Rule, Ruleset, RulesUnavailable, Table
+from .model import INCOMPATIBLE_TABLE, JUMP, STATEMENT, Chain, Rule, Ruleset, RulesUnavailable, Table
 from .parser import ParseError
 from .requirements import (
     ACCEPT,
@@ -125,7 +125,7 @@ def _rules_to_walk(chain: Chain) -> Sequence[Rule]:
     return rules if rules is not None else chain.rules
 
 
-def _known_conditions(chain: Chain) -> Optional[Callable[[int], Optional[Tuple[Match, ...]]]]:
+def _known_conditions(chain: Chain) -> Optional[Callable[[int], Optional[Tuple[KnownCondition, ...]]]]:
     return getattr(chain, 'known_conditions', None)
 
 
@@ -136,10 +136,10 @@ def _relation_memo(rules: Sequence[Rule]) -> Optional[Dict[PacketClass, List[Opt
     return memo.setdefault('relations', {}) if memo is not None else None
 
 
-def _relation(rules: Sequence[Rule], index: int, known: Optional[Callable[[int], Optional[Tuple[Match, ...]]]], packets: PacketClass) -> Relation:
+def _relation(rules: Sequence[Rule], index: int, known: Optional[Callable[[int], Optional[Tuple[KnownCondition, ...]]]], packets: PacketClass) -> Relation:
     if known is not None:
         conditions = known(index)
-        if conditions is not None and classify_matches(conditions, packets) is NONE:
+        if conditions is not None and excluded_by_known(conditions, packets):
             return NONE
     return classify(rules[index], packets)
 

@@ -26,7 +26,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, Union
+from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 from .netlink import NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, SO_RCVBUFFORCE, SOL_NETLINK, family_name
 from .nf_tables import ChainKey, MalformedAttributes, attributes, be32, string
@@ -88,6 +88,7 @@ class Changes:
     chain_set: bool = False  # regular chains added or deleted (or renamed)
     deleted: FrozenSet[ChainKey] = frozenset()  # chains deleted (a name gone without this was renamed)
     made: FrozenSet[Tuple[str, str, int]] = frozenset()  # (family, table, handle) of each regular chain's NEWCHAIN
+    added: FrozenSet[ChainKey] = frozenset()  # the regular chains of those NEWCHAINs
 
     @property
     def rules_only(self) -> bool:
@@ -106,7 +107,24 @@ class Changes:
             self.chain_set or other.chain_set,
             self.deleted | other.deleted,
             self.made | other.made,
+            self.added | other.added,
         )
+
+    def chain_index_after(
+        self, names: FrozenSet[ChainKey], newest: Mapping[Tuple[str, str], int], tables: AbstractSet[Tuple[str, str]]
+    ) -> Optional[Tuple[FrozenSet[ChainKey], Dict[Tuple[str, str], int]]]:
+        """The chain names of ``tables`` and each one's newest chain handle once these changes are
+        made, from what they were before (``names``, ``newest``), as reading the chains again would
+        give them: for changes to regular chains only (:attr:`rules_only` aside), none of them a
+        rename (:meth:`may_rename`). None where a chain was both added and deleted: which came last
+        cannot be told from the changes."""
+        if self.added & self.deleted:
+            return None
+        after = dict(newest)
+        for family, table, handle in self.made:
+            if (family, table) in tables and handle > after.get((family, table), 0):
+                after[(family, table)] = handle
+        return (names - self.deleted) | {key for key in self.added if (key[0], key[1]) in tables}, after
 
     def may_rename(self, newest: Mapping[Tuple[str, str], int]) -> bool:
         """Whether a NEWCHAIN was about a chain that already existed when ``newest`` (each table's
@@ -137,6 +155,7 @@ class _Transaction:
         self._rule_chains: Set[Tuple[int, Tuple[bytes, bytes]]] = set()  # (nfgenmsg family, raw table and chain names)
         self.deleted: Set[ChainKey] = set()
         self.made: Set[Tuple[str, str, int]] = set()
+        self.added: Set[ChainKey] = set()
         self.structure = False
         self.chain_set = False
 
@@ -160,6 +179,7 @@ class _Transaction:
                     if handle is None or len(handle) != 8:
                         raise _Unreadable('a chain notification without its handle')
                     self.made.add((family, key[1], int.from_bytes(handle, 'big')))
+                    self.added.add(key)
         elif kind in _TABLE_MESSAGES:
             self.tables.add((family, _name(attributes(attrs), NFTA_TABLE_NAME)))
             self.structure = True
@@ -172,7 +192,13 @@ class _Transaction:
         for family, (table, chain) in self._rule_chains:
             self.chains.add((family_name(family), string(table), string(chain)))
         return Changes(
-            frozenset(self.chains), frozenset(self.tables), self.structure, self.chain_set, frozenset(self.deleted), frozenset(self.made)
+            frozenset(self.chains),
+            frozenset(self.tables),
+            self.structure,
+            self.chain_set,
+            frozenset(self.deleted),
+            frozenset(self.made),
+            frozenset(self.added),
         )
 
 

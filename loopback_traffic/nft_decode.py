@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, overload
 
 from . import model
+from .classify import KnownCondition, known_address
 from .model import JUMP, STATEMENT, BaseChain, Chain, Match, Option, Rule, Table, Target
 from .nf_tables import (
     NF_ACCEPT,
@@ -115,7 +116,7 @@ class DecodeCache:
             return decode_rule(rule, sets, family, iptables=iptables)
         return self._of(family).decode(rule, sets, family, iptables)
 
-    def leading(self, rule: KernelRule, version: int, family: str) -> Optional[Tuple[Match, ...]]:
+    def leading(self, rule: KernelRule, version: int, family: str) -> Optional[Tuple[KnownCondition, ...]]:
         return self._of(family).leading(rule, version)
 
 
@@ -125,8 +126,8 @@ class _FamilyDecodes:
     def __init__(self) -> None:
         self._current: Dict[Tuple[object, ...], DecodedRule] = {}
         self._previous: Dict[Tuple[object, ...], DecodedRule] = {}
-        self._leading: Dict[Tuple[int, bytes], Optional[Tuple[Match, ...]]] = {}
-        self._leading_before: Dict[Tuple[int, bytes], Optional[Tuple[Match, ...]]] = {}
+        self._leading: Dict[Tuple[int, bytes], Optional[Tuple[KnownCondition, ...]]] = {}
+        self._leading_before: Dict[Tuple[int, bytes], Optional[Tuple[KnownCondition, ...]]] = {}
         self._chains: Dict[Tuple[str, str, str, bool, bool], '_DecodedRules'] = {}
         self._chains_before: Dict[Tuple[str, str, str, bool, bool], '_DecodedRules'] = {}
         self._vouched: Dict[int, Tuple[Sequence[KernelRule], bool]] = {}  # by the rules' identity (kept alive here)
@@ -169,11 +170,11 @@ class _FamilyDecodes:
             self._current[key] = found
         return _with_handle(found, rule.handle)
 
-    def leading(self, rule: KernelRule, version: int) -> Optional[Tuple[Match, ...]]:
+    def leading(self, rule: KernelRule, version: int) -> Optional[Tuple[KnownCondition, ...]]:
         key = (version, rule.raw_expressions)
         if key in self._leading:
             return self._leading[key]
-        found = self._leading_before.get(key) if key in self._leading_before else leading_conditions(rule.raw_expressions, version)
+        found = self._leading_before.get(key) if key in self._leading_before else known_conditions(rule.raw_expressions, version)
         self._leading[key] = found
         return found
 
@@ -315,12 +316,12 @@ class _Decoding:
             return tuple(resolve_rule(rule, ipsets) for rule in decoded)
         return resolve_rule(decoded, ipsets)
 
-    def leading(self, raw: KernelRule) -> Optional[Tuple[Match, ...]]:
+    def leading(self, raw: KernelRule) -> Optional[Tuple[KnownCondition, ...]]:
         if self.version is None:
             return None  # inet, netdev: the decoder infers the address family from the offsets
         if self.cache is not None:
             return self.cache.leading(raw, self.version, self.family)
-        return leading_conditions(raw.raw_expressions, self.version)
+        return known_conditions(raw.raw_expressions, self.version)
 
 
 class DecodedChain(Chain):
@@ -345,7 +346,7 @@ class DecodedChain(Chain):
     def rules(self) -> Tuple[Rule, ...]:
         return tuple(self.walk_rules)
 
-    def known_conditions(self, index: int) -> Optional[Tuple[Match, ...]]:
+    def known_conditions(self, index: int) -> Optional[Tuple[KnownCondition, ...]]:
         """Some conditions of rule ``index`` of ``walk_rules``, known without decoding it (None: none)."""
         return self.walk_rules.known_conditions(index)
 
@@ -390,7 +391,7 @@ class _DecodedRules(Sequence[Rule]):
     def handle_at(self, index: int) -> int:
         return self._items[index].handle
 
-    def known_conditions(self, index: int) -> Optional[Tuple[Match, ...]]:
+    def known_conditions(self, index: int) -> Optional[Tuple[KnownCondition, ...]]:
         item = self._items[index]
         return self._decoding.leading(item) if isinstance(item, KernelRule) else None
 
@@ -2021,6 +2022,16 @@ def leading_conditions(raw: bytes, version: int) -> Optional[Tuple[Match, ...]]:
     its first statement, as exactly the matches :func:`decode_rule` makes of them. They are a subset
     of the decoded rule's conditions, so a class they match none of is matched by none of the rule.
     None when nothing is known (or the expressions are malformed, which the decoder reads otherwise)."""
+    return _leading(raw, version, _leading_match)
+
+
+def known_conditions(raw: bytes, version: int) -> Optional[Tuple[KnownCondition, ...]]:
+    """:func:`leading_conditions` in the form the walk reads them (:data:`.classify.KnownCondition`:
+    no objects for the collector to follow, no address text to parse again)."""
+    return _leading(raw, version, _leading_known)
+
+
+def _leading(raw: bytes, version: int, make: Callable[[_Value, bytes, bool], Any]) -> Optional[Tuple[Any, ...]]:
     expressions = _plain_expressions(raw)
     if expressions is None:
         try:
@@ -2028,14 +2039,14 @@ def leading_conditions(raw: bytes, version: int) -> Optional[Tuple[Match, ...]]:
         except Exception:  # noqa: BLE001 - the decoder carries such a rule as not decoded
             return None
     held: _Held = {}
-    found: List[Match] = []
+    found: List[Any] = []
     for name, data in expressions:
         if name in _PASSED_OVER:
             continue
         try:
             if name == 'cmp':
                 if any(value is not None for value in held.values()):  # else it compares nothing followed
-                    _follow_cmp(data, held, found)
+                    _follow_cmp(data, held, found, make)
                 continue
             effect = _effect(name, data, version)
             if effect is None:
@@ -2137,12 +2148,12 @@ def _effect(name: str, data: bytes, version: int) -> Union[_Load, _Bitwise, None
     return None
 
 
-def _follow_cmp(data: bytes, held: _Held, found: List[Match]) -> None:
+def _follow_cmp(data: bytes, held: _Held, found: List[Any], make: Callable[[_Value, bytes, bool], Any]) -> None:
     attrs = attributes(data)
     value = held.get(_slots(_reg(attrs, 1, 'source register'), 1)[0])
     op, compared = be32(attrs[2]), _data_value(attrs[3])
     if value is not None and op in (0, 1):
-        match = _leading_match(value, compared, op == 1)
+        match = make(value, compared, op == 1)
         if match is not None:
             found.append(match)
 
@@ -2165,6 +2176,19 @@ def _hold(held: _Held, slots: range, value: Optional[_Value]) -> None:
     for slot in slots:
         held[slot] = None
     held[slots[0]] = value
+
+
+def _leading_known(value: _Value, data: bytes, negated: bool) -> Optional[KnownCondition]:
+    """The known condition standing for the match :func:`_leading_match` makes."""
+    field = value.field
+    if field.kind == 'address' and len(data) <= field.size:
+        if value.mask is None and len(data) == field.size:  # one address: its range, without writing it
+            number = int.from_bytes(data, 'big')
+            return (field.option, negated, field.version, ((number, number, field.size * 8),))
+        return known_address(field.option, negated, field.version, _address_option(value, data))
+    if field.kind == 'ifname' and value.mask is None:
+        return (field.option, negated, 0, _interface_text(data))
+    return None
 
 
 def _leading_match(value: _Value, data: bytes, negated: bool) -> Optional[Match]:

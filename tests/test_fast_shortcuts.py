@@ -10,11 +10,11 @@ import textwrap
 
 import pytest
 
-from datadog_checks.loopback_traffic.classify import NONE, classify, classify_matches
+from datadog_checks.loopback_traffic.classify import NONE, classify, classify_matches, excluded_by_known, known_address
 from datadog_checks.loopback_traffic.evaluator import Source, evaluate
 from datadog_checks.loopback_traffic.model import Match, Option, Ruleset
 from datadog_checks.loopback_traffic.nf_tables import KernelRuleset
-from datadog_checks.loopback_traffic.nft_decode import DecodeCache, decode_rule, decode_tables, leading_conditions
+from datadog_checks.loopback_traffic.nft_decode import DecodeCache, decode_rule, decode_tables, known_conditions, leading_conditions
 from datadog_checks.loopback_traffic.requirements import IPV4, IPV6, LOOPBACK_NETWORKS, OUTPUT_ACCEPT_LO, REQUIREMENTS, RULES, requirement_named
 
 from . import nft_bytes as nb
@@ -34,15 +34,31 @@ def classes(family):
     return [requirement.packet_class(LOOPBACK_NETWORKS[family]) for requirement in REQUIREMENTS]
 
 
+def known_of(match, version):
+    """The known condition a leading match stands for, built by the classifier's own reading of the
+    match's text (what the walk would have classified)."""
+    (option,) = match.options
+    assert match.module == '' and len(option.values) == 1
+    if option.name in ('-s', '-d'):
+        return known_address(option.name, option.negated, version, option.values[0])
+    return (option.name, option.negated, 0, option.values[0])
+
+
 def agrees(rule, family='ip'):
-    """The shortcut's conditions are among the decoded rule's, and say NONE only where it is NONE."""
+    """The shortcut's conditions are among the decoded rule's, and say NONE only where it is NONE; the
+    form the walk reads (no objects, no text) stands for exactly them and says NONE exactly where
+    they do."""
     version = 4 if family == 'ip' else 6
     decoded = decode_rule(rule, {}, family, iptables=True)
     conditions = leading_conditions(rule.raw_expressions, version)
+    known = known_conditions(rule.raw_expressions, version)
+    assert known == (tuple(known_of(match, version) for match in conditions) if conditions is not None else None), (known, conditions)
     for condition in conditions or ():
         assert condition in decoded.matches, (condition, decoded)
-    for packets in classes(IPV4 if version == 4 else IPV6):
-        if conditions is not None and classify_matches(conditions, packets) is NONE:
+    for packets in classes(IPV4 if version == 4 else IPV6) + classes(IPV6 if version == 4 else IPV4):
+        excluded = conditions is not None and classify_matches(conditions, packets) is NONE
+        assert (known is not None and excluded_by_known(known, packets)) == excluded, (conditions, packets)
+        if excluded:
             assert classify(decoded, packets) is NONE, (decoded, packets)
     return conditions
 
@@ -124,6 +140,29 @@ def test_one_address_is_written_as_the_masked_form_writes_it():
             masked, mask = _masked(value, data)
             pad = size - length
             assert _address_option(value, data) == _network_text(masked + b'\0' * pad, mask + b'\0' * pad, version), (version, data)
+
+
+def test_known_conditions_of_random_address_and_interface_comparisons_say_what_their_matches_say():
+    """Addresses of both families, whole or cut short, masked (prefix or not), equal or not, and
+    interface names: the known form says NONE for exactly the classes the matches say NONE for
+    (:func:`agrees`), those of the other family included."""
+    import random
+
+    chosen = random.Random(23)
+    for _ in range(400):
+        family, version, size = chosen.choice((('ip', 4, 4), ('ip6', 6, 16)))
+        offset = chosen.choice((12, 16) if version == 4 else (8, 24))
+        length = chosen.choice((size, size, chosen.randint(1, size)))
+        data = bytes(chosen.choice((0, 127, 255, chosen.randrange(256))) for _ in range(length))
+        loads = [nb.payload(NETWORK, offset, length)]
+        if chosen.random() < 0.4:
+            prefix = chosen.randint(0, length * 8)
+            mask = ((1 << (length * 8)) - 1 ^ ((1 << (length * 8 - prefix)) - 1)).to_bytes(length, 'big')
+            loads.append(nb.bitwise(mask if chosen.random() < 0.8 else bytes(chosen.randrange(256) for _ in range(length))))
+        interface = [nb.meta(chosen.choice((META_IIFNAME, META_OIFNAME))), nb.cmp(chosen.choice((nb.EQ, nb.NEQ)), chosen.choice((nb.ifname('lo'), b'lo', nb.ifname('eth0'), b'veth')))]
+        comparison = loads + [nb.cmp(chosen.choice((nb.EQ, nb.NEQ)), data)]
+        expressions = (interface + comparison if chosen.random() < 0.5 else comparison + interface) + [nb.verdict(nb.DROP)]
+        agrees(nb.rule(*expressions, family=family), family)
 
 
 def test_plain_layouts_of_every_length_read_as_the_general_parse_reads_them():
