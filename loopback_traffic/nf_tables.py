@@ -413,7 +413,9 @@ class KernelRuleset:
     rules: Mapping[Tuple[str, str, str], Tuple[KernelRule, ...]] = field(default_factory=dict)  # (family, table, chain)
     sets: Mapping[Tuple[str, str, str], KernelSet] = field(default_factory=dict)  # (family, table, set name)
     chain_names: FrozenSet[ChainKey] = frozenset()  # every chain, where ``chains`` holds the base chains only
-    newest_chains: Mapping[Tuple[str, str], int] = field(default_factory=dict)  # (family, table) -> its newest chain's handle
+    # (family, table) -> the handle of the newest chain known to have been made in it (it may be gone):
+    # handles only grow, so a chain made later has a larger one.
+    newest_chains: Mapping[Tuple[str, str], int] = field(default_factory=dict)
     # The ipsets that xtables set matches name, read when a rule first needs them (None: not read).
     ipsets: Optional[Callable[[], 'SetsRead']] = field(default=None, compare=False)
 

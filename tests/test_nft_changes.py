@@ -151,6 +151,20 @@ def test_regular_chains_added_or_deleted_change_the_chain_set_only():
     assert Changes(frozenset({('ip', 'nat', 'KUBE-SERVICES')})).rules_only
 
 
+def test_chains_added_and_deleted_give_the_chain_index_after_them():
+    log = started(1)
+    log.feed(chain_made('nat', 'KUBE-SEP-NEW', 90) + message(5, IP, name(1, 'nat') + name(3, 'KUBE-SEP-OLD')) + generation(2))
+    log.feed(chain_made('mangle', 'OTHER', 7) + generation(3))
+    found = log.between(1, 3)
+    assert isinstance(found, Changes) and found.added == {('ip', 'nat', 'KUBE-SEP-NEW'), ('ip', 'mangle', 'OTHER')}
+    before = frozenset({('ip', 'nat', 'KUBE-SEP-OLD'), ('ip', 'nat', 'KUBE-SERVICES')})
+    names, newest = found.chain_index_after(before, {('ip', 'nat'): 80}, {('ip', 'nat')})  # mangle is not on the path
+    assert names == {('ip', 'nat', 'KUBE-SEP-NEW'), ('ip', 'nat', 'KUBE-SERVICES')} and newest == {('ip', 'nat'): 90}
+    # Made and deleted (in either order): which came last is not in the merged changes.
+    log.feed(message(5, IP, name(1, 'nat') + name(3, 'KUBE-SEP-NEW')) + generation(4))
+    assert log.between(1, 4).chain_index_after(before, {('ip', 'nat'): 80}, {('ip', 'nat')}) is None
+
+
 def test_a_chain_gone_without_being_deleted_was_renamed():
     log = started(1)
     log.feed(message(5, IP, name(1, 'filter') + name(3, 'OLD')) + chain_made('filter', 'NEW', 12) + generation(2))
@@ -272,17 +286,32 @@ def test_a_structural_change_is_read_again_and_unchanged_chains_are_not_dumped(n
     assert not probe_loopback(netns, 'ipv4', 'udp')
 
 
-def test_chains_added_and_deleted_keep_the_walks_given_none_of_them(netns, counted_dumps):
-    """kube-proxy adds and deletes chains as endpoints come and go: the chain index is read again,
-    and a walk that none of the changed chains was given is kept."""
+@pytest.fixture
+def index_reads(monkeypatch):
+    """How often the chain index (every chain of every table) is dumped."""
+    reads: List[int] = []
+    real = netlink.NetlinkReader.chain_index
+
+    def counting(self, *args, **kwargs):
+        reads.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(netlink.NetlinkReader, 'chain_index', counting)
+    return reads
+
+
+def test_chains_added_and_deleted_keep_the_walks_given_none_of_them(netns, counted_dumps, index_reads):
+    """kube-proxy adds and deletes chains as endpoints come and go: the notifications name them (the
+    chain index is not dumped again), and a walk that none of the changed chains was given is kept."""
     netns.restore(LOCHAIN_RULESET, 'ipv4')
     state = InstanceState()
     first = evaluate_with(netns, 'ipv4', state=state).result
     netns.run(['iptables', '-N', 'KUBE-SEP-NEW'], check=True)
     netns.run(['iptables', '-A', 'KUBE-SEP-NEW', '-j', 'DROP'], check=True)
     counted_dumps.clear()
+    index_reads.clear()
     state.evaluated.clear()
-    assert evaluate_with(netns, 'ipv4', state=state).result is first and counted_dumps == []
+    assert evaluate_with(netns, 'ipv4', state=state).result is first and counted_dumps == [] and index_reads == []
     assert ('ip', 'filter', 'KUBE-SEP-NEW') in state.kernel.ruleset.chain_names
     # Then a jump to it from a chain the walk was given: that walk is redone, the new chain read.
     netns.run(['iptables', '-I', 'LOCHAIN', '1', '-i', 'lo', '-j', 'KUBE-SEP-NEW'], check=True)
@@ -297,6 +326,38 @@ def test_chains_added_and_deleted_keep_the_walks_given_none_of_them(netns, count
     assert evaluate_with(netns, 'ipv4', state=state).result.status is Status.PASS
     assert counted_dumps == [('ip', 'filter', 'LOCHAIN')] and ('ip', 'filter', 'KUBE-SEP-NEW') not in state.kernel.ruleset.chain_names
     assert probe_loopback(netns, 'ipv4', 'udp')
+    assert index_reads == [] and state.kernel.ruleset.chain_names == _fresh(netns).chain_names
+    # The newest handle the table gave stays the deleted chain's: a chain made later has a larger one,
+    # a chain renamed (told by its handle) a smaller one.
+    newest = state.kernel.ruleset.newest_chains[('ip', 'filter')]
+    assert newest > _fresh(netns).newest_chains[('ip', 'filter')]
+    netns.run(['iptables', '-E', 'LOCHAIN', 'LOCHAIN2'], check=True)
+    index_reads.clear()
+    assert evaluate_with(netns, 'ipv4', state=state).result == evaluate_with(netns, 'ipv4').result
+    assert index_reads and ('ip', 'filter', 'LOCHAIN2') in state.kernel.ruleset.chain_names
+
+
+def _fresh(netns):
+    """The ruleset a new check instance reads."""
+    state = InstanceState()
+    evaluate_with(netns, 'ipv4', state=state)
+    return state.kernel.ruleset
+
+
+def test_a_chain_deleted_and_made_again_is_told_by_the_chain_index(netns, index_reads):
+    """Which of the two came last cannot be told from the changes merged: the chain index is read."""
+    netns.restore(LOCHAIN_RULESET, 'ipv4')
+    state = InstanceState()
+    evaluate_with(netns, 'ipv4', state=state)
+    netns.run(['iptables', '-N', 'KUBE-SEP-A'], check=True)
+    netns.run(['iptables', '-X', 'KUBE-SEP-A'], check=True)  # made, then deleted: gone
+    netns.run(['iptables', '-N', 'KUBE-SEP-B'], check=True)
+    index_reads.clear()
+    state.evaluated.clear()
+    evaluate_with(netns, 'ipv4', state=state)
+    names = state.kernel.ruleset.chain_names
+    assert index_reads == [1] and ('ip', 'filter', 'KUBE-SEP-A') not in names and ('ip', 'filter', 'KUBE-SEP-B') in names
+    assert names == _fresh(netns).chain_names
 
 
 def test_a_renamed_chain_is_read_again_under_its_new_name(netns, counted_dumps):
