@@ -346,7 +346,7 @@ class EndpointChurn:
             old_address = re.search(r'-> ([\d.]+):', service_rules[-1]).group(1)
             self.replaced += 1
             address = f'10.250.{self.replaced // 250 % 250}.{self.replaced % 250 + 1}'
-            new = 'KUBE-SEP-' + hashlib.sha256(f'{service}/{address}'.encode()).hexdigest()[:16].upper()
+            new = 'KUBE-SEP-' + hashlib.sha256(f'{service}/{old}/{address}'.encode()).hexdigest()[:16].upper()
             service_rules[-1] = service_rules[-1].replace(old, new).replace(old_address, address)
             self.endpoints[new] = [line.replace(old, new).replace(old_address, address) for line in self.endpoints.pop(old)]
             declared += [service, new, old]  # the old one flushed, then deleted

@@ -221,6 +221,9 @@ class ChangeLog:
     def __init__(self) -> None:
         self._committed: List[Tuple[int, Changes]] = []
         self._open = _Transaction()
+        # The nfgenmsg family and the first two attributes (table, chain) of the last rule notification
+        # read into the open transaction.
+        self._same_chain: Optional[Tuple[int, bytes]] = None
         self._trusted_after: Optional[int] = None  # after a loss: only transactions after this count
         self.lost = False
         self.losses = 0  # how many times notifications were lost: a read counts from the number it started at
@@ -248,7 +251,12 @@ class ChangeLog:
             kind &= 0xFF
             start, end = offset + 20, offset + length
             if kind in _RULE_MESSAGES:
-                self._open.add_rule_chain(data[offset + 16], _rule_chain(data, start, end))
+                family = data[offset + 16]
+                same = self._same_chain
+                if same is None or same[0] != family or not data.startswith(same[1], start, end):
+                    raw, after = _rule_chain(data, start, end)
+                    self._open.add_rule_chain(family, raw)
+                    self._same_chain = (family, data[start:after]) if after else None
             elif kind == NFT_MSG_NEWGEN:
                 self._commit(be32(attributes(data[start:end])[NFTA_GEN_ID]))
             else:
@@ -262,6 +270,7 @@ class ChangeLog:
         self.losses += 1
         self._committed.clear()
         self._open = _Transaction()
+        self._same_chain = None
 
     def restart(self, generation: int, losses_before: int) -> None:
         """A read consistent at ``generation`` began when :attr:`losses` was ``losses_before``:
@@ -301,12 +310,14 @@ class ChangeLog:
     def _commit(self, generation: int) -> None:
         self._committed.append((generation, self._open.changes()))
         self._open = _Transaction()
+        self._same_chain = None
 
 
-def _rule_chain(data: bytes, start: int, end: int) -> Tuple[bytes, bytes]:
+def _rule_chain(data: bytes, start: int, end: int) -> Tuple[Tuple[bytes, bytes], int]:
     """The raw table and chain attributes of a rule notification (NFTA_RULE_TABLE and
-    NFTA_RULE_CHAIN, which the kernel puts first)."""
-    offset, table, chain = start, b'', b''
+    NFTA_RULE_CHAIN, which the kernel puts first), and where the first two attributes end if they
+    are those two (else 0): a message that starts with the same bytes is about the same chain."""
+    offset, table, chain, seen = start, b'', b'', 0
     while offset + 4 <= end and not (table and chain):
         length, kind = _NLA.unpack_from(data, offset)
         if length < 4 or offset + length > end:
@@ -317,9 +328,10 @@ def _rule_chain(data: bytes, start: int, end: int) -> Tuple[bytes, bytes]:
         elif kind == NFTA_RULE_CHAIN:
             chain = data[offset + 4 : offset + length]
         offset += (length + 3) & ~3
+        seen += 1
     if not (table and chain):
         raise _Unreadable('a rule notification without its table or chain')
-    return table, chain
+    return (table, chain), (offset if seen == 2 and offset <= end else 0)
 
 
 class ChangeWatch:

@@ -374,13 +374,13 @@ class _DecodedRules(Sequence[Rule]):
 
     def rehandle(self, raw_rules: Tuple[KernelRule, ...]) -> None:
         """The same rules read again under new handles (:func:`_rewritten_as_they_were`): what was
-        decoded of them, and what walks kept of them, stay; each rule takes its new handle. The walks'
-        positions keep the old ones until :func:`current_handle` gives them theirs."""
-        for index, (item, raw) in enumerate(zip(self._items, raw_rules)):
-            if isinstance(item, KernelRule):
-                self._items[index] = raw
-            elif item.handle != raw.handle:
-                self._items[index] = replace(item, handle=raw.handle)
+        decoded of them, and what walks kept of them, stay; each rule takes its new handle when it is
+        next used (a walk found again uses none). The walks' positions keep the old ones until
+        :func:`current_handle` gives them theirs."""
+        items = self._items
+        for index, raw in enumerate(raw_rules):
+            if isinstance(items[index], KernelRule):
+                items[index] = raw
         self.raw = raw_rules
         self._handles = tuple(raw.handle for raw in raw_rules)
 
@@ -389,7 +389,8 @@ class _DecodedRules(Sequence[Rule]):
         return self._handles != tuple(raw.handle for raw in self.raw)
 
     def handle_at(self, index: int) -> int:
-        return self._items[index].handle
+        # Only rules that look up no set are rehandled; their items are the raw rules', one for one.
+        return self._handles[index] if self.reusable else self._items[index].handle
 
     def known_conditions(self, index: int) -> Optional[Tuple[KnownCondition, ...]]:
         item = self._items[index]
@@ -398,6 +399,8 @@ class _DecodedRules(Sequence[Rule]):
     def _rule(self, index: int) -> Rule:
         item = self._items[index]
         if isinstance(item, Rule):
+            if self.reusable and item.handle != self._handles[index]:  # rehandled since it was decoded
+                item = self._items[index] = replace(item, handle=self._handles[index])
             return item
         decoded = self._decoding.decode(item)
         assert isinstance(decoded, Rule)  # only a set lookup decodes to several rules

@@ -109,7 +109,11 @@ class PacketClass:
         """The class without what earlier rules set (what it is at the start of its path)."""
         if self.mark is NO_BITS and self.ctmark is NO_BITS and self.conntrack == CT_UNKNOWN and self.zone is NO_BITS:
             return self
-        return replace(self, mark=NO_BITS, ctmark=NO_BITS, conntrack=CT_UNKNOWN, zone=NO_BITS)
+        found: Optional[PacketClass] = self.__dict__.get('_stateless')  # each walk into a chain asks: made once
+        if found is None:
+            found = replace(self, mark=NO_BITS, ctmark=NO_BITS, conntrack=CT_UNKNOWN, zone=NO_BITS)
+            object.__setattr__(self, '_stateless', found)
+        return found
 
     def meet(self, other: 'PacketClass') -> 'PacketClass':
         """What is known of the packets of two ways that join (the same addresses and interfaces)."""
