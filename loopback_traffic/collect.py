@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable, Dict, FrozenSet, Hashable, Iterable, List
 from .config import LEGACY, NFT, Options
 from .ipset import IpsetError, IpsetReader
 from .ipset_contents import MATCH_SET, NOT_IN_A_SAVED_RULESET, SetsOnDemand, SetsRead
-from .netlink import ChainIndex, ChainMessages, KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, Vanished, read_consistent
+from .netlink import ChainIndex, KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, Vanished, read_consistent
 from .nf_tables import ChainKey, ChainRules, KernelChain, KernelRule, KernelRuleset, KernelSet, KernelTable
 from .nft_changes import NOTHING_CHANGED, Changes, ChangeWatch
 from .namespaces import in_network_namespace
@@ -110,7 +110,6 @@ class KernelCache:
         self.chains_generation: Optional[int] = None
         self._earlier: Dict[ChainKey, KnownRules] = {}  # an older generation's, compared by their bytes only
         self._attempt = _Attempt(0, None, 0, {})
-        self.chain_messages: ChainMessages = {}  # for reader.chain_index
 
     @property
     def changes(self) -> Optional[Changes]:
@@ -150,7 +149,7 @@ class KernelCache:
             # kube-proxy adds and deletes endpoint chains at most syncs: the notifications name them.
             index = changes.chain_index_after(last.chain_names, last.newest_chains, {(table.family, table.name) for table in last.tables})
             if index is None:
-                index = _chain_index_at(reader, last, generation, self.chain_messages)
+                index = _chain_index_at(reader, last, generation)
                 if index is None or not changes.explains_gone(last.chain_names - index[0]):
                     return
             chain_names, newest = index
@@ -208,7 +207,7 @@ def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[
     if last is not None and last.generation == cache.chains_generation and cache.changes is not None and cache.changes.rules_only:
         return replace(last, generation=generation, rules={}), _base_chain_rules(reader, cache, last.chains)
     tables = _packet_tables(reader)
-    chains, chain_names, newest = _of_tables(reader.chain_index(cache.chain_messages), tables)
+    chains, chain_names, newest = _of_tables(reader.chain_index(), tables)
     changes = cache.changes
     if last is not None and changes is not None and (changes.may_rename(last.newest_chains) or not changes.explains_gone(last.chain_names - chain_names)):
         cache.forget_changes()  # a chain was renamed: the rules jumping to it now print another name
@@ -219,12 +218,10 @@ def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[
     return KernelRuleset(generation, tables, chains, {}, sets, chain_names, newest), read
 
 
-def _chain_index_at(
-    reader: NetlinkReader, last: KernelRuleset, generation: int, cache_messages: ChainMessages
-) -> Optional[Tuple[FrozenSet[ChainKey], Dict[Tuple[str, str], int]]]:
+def _chain_index_at(reader: NetlinkReader, last: KernelRuleset, generation: int) -> Optional[Tuple[FrozenSet[ChainKey], Dict[Tuple[str, str], int]]]:
     """Every chain of ``last``'s tables and each table's newest chain handle, read at ``generation``;
     None where the base chains are no longer ``last``'s or the generation moved during the read."""
-    chains, names, newest = _of_tables(reader.chain_index(cache_messages), last.tables)
+    chains, names, newest = _of_tables(reader.chain_index(), last.tables)
     if chains != last.chains or reader.generation() != generation:
         return None
     return names, newest

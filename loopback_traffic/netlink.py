@@ -68,7 +68,6 @@ __all__ = [
     'family_number',
     'NetlinkReader',
     'KnownRules',
-    'ChainMessages',
     'ChainIndex',
     'read_consistent',
     'read_ruleset',
@@ -585,8 +584,6 @@ Handler = Callable[[int, bytes, int, int], None]
 
 
 # Per nfgenmsg family, the regular chains' messages (their attributes) -> ((family, table, name), handle).
-ChainMessages = Dict[int, Dict[bytes, Tuple[Tuple[str, str, str], int]]]
-_NO_MESSAGES: Dict[bytes, Tuple[Tuple[str, str, str], int]] = {}
 
 
 class ChainIndex(NamedTuple):
@@ -692,46 +689,26 @@ class NetlinkReader:
         self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, family=_family(family), what='listing the chains')
         return found
 
-    def chain_index(self, known: Optional[ChainMessages] = None) -> ChainIndex:
+    def chain_index(self) -> ChainIndex:
         """Every chain's (family, table, name), the base chains in full, and per table the newest
         chain's handle: on a Kubernetes node the tens of thousands of service chains cost a name
-        each. ``known`` maps, per nfgenmsg family, each regular chain's message (its attributes) to
-        its name and handle: a message read before is not parsed again (``known`` is left with this
-        read's)."""
+        each (between runs, the change notifications keep the index: it is read again only after
+        what they cannot follow)."""
         base: List[KernelChain] = []
         names: Set[Tuple[str, str, str]] = set()
         newest: Dict[Tuple[str, str], int] = {}
         strings = _Names()
-        earlier: ChainMessages = known if known is not None else {}
-        regular: ChainMessages = {}
         add_name = names.add
 
         def handle(number: int, data: bytes, start: int, end: int) -> None:
-            # The attributes only (the nfgenmsg header's res_id is the generation): a look-up of
-            # the bytes costs less than a digest of them, for about as much memory.
-            message = data[start:end]
-            found = earlier.get(number, _NO_MESSAGES).get(message)
-            if found is None:
-                table, name, chain_handle, is_base = _chain_identity(data, start, end, strings)
-                key = (family_name(number), table, name)
-                if is_base:
-                    chain = parse_chain(number, message)
-                    base.append(chain)
-                    add_name(key)
-                    _newest(newest, key, chain.handle)
-                    return
-                found = (key, chain_handle)
-            read = regular.get(number)
-            if read is None:
-                read = regular[number] = {}
-            read[message] = found
-            add_name(found[0])
-            _newest(newest, found[0], found[1])
+            table, name, chain_handle, is_base = _chain_identity(data, start, end, strings)
+            key = (family_name(number), table, name)
+            if is_base:
+                base.append(parse_chain(number, data[start:end]))
+            add_name(key)
+            _newest(newest, key, chain_handle)
 
         self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, what='listing the chains')
-        if known is not None:
-            known.clear()
-            known.update(regular)
         return ChainIndex(base, names, newest)
 
     def rules(self, family: str, table: str, chain: Optional[str] = None) -> List[KernelRule]:
