@@ -24,7 +24,7 @@ from .ipset_contents import MATCH_SET, NOT_IN_A_SAVED_RULESET, SetsOnDemand, Set
 from .netlink import ChainIndex, KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, Vanished, read_consistent
 from .nf_tables import ChainKey, ChainRules, KernelChain, KernelRule, KernelRuleset, KernelSet, KernelTable
 from .nft_changes import NOTHING_CHANGED, Changes, ChangeWatch
-from .namespaces import in_network_namespace
+from .namespaces import current_namespace, in_network_namespace
 from .runner import CollectionError, command_line
 from .saves import is_wrapped, legacy_tables_present, read_file, read_stream as read_saved_stream, run_save, save_command, tool_kind, uses_netlink
 
@@ -44,6 +44,7 @@ class Collected:
     kernel: Optional[KernelRuleset] = None
     walked: object = field(default=None, compare=False)  # what the walk returned while the kernel was read
     sets: Optional[SetsRead] = None  # the ipsets its set matches name, where it has any
+    namespace: Optional[Tuple[int, int]] = None  # the kernel's: the network namespace it was read in
 
     @cached_property
     def identity(self) -> Tuple[object, ...]:
@@ -51,7 +52,7 @@ class Collected:
         same contents of the ipsets it uses (computed once: a run compares it twice)."""
         sets = self.sets.identity if self.sets is not None else None
         if self.kernel is not None:
-            return (self.backend, self.origin, self.kernel.generation, sets)
+            return (self.backend, self.origin, self.namespace, self.kernel.generation, sets)
         return (self.backend, self.origin, _COUNTERS.sub('', self.text), sets)
 
 
@@ -103,6 +104,11 @@ class KernelCache:
     its parsed rules (and what was decoded of them)."""
 
     def __init__(self) -> None:
+        self.namespace: Optional[Tuple[int, int]] = None  # the network namespace read (namespaces.current_namespace)
+        self._start_over()
+
+    def _start_over(self) -> None:
+        """Nothing read, nothing followed."""
         self.ruleset: Optional[KernelRuleset] = None
         self.walked: Dict[Tuple[str, Hashable], Walked] = {}  # (family, walk key) -> that walk, on ``ruleset``
         self.watch = ChangeWatch()
@@ -110,6 +116,15 @@ class KernelCache:
         self.chains_generation: Optional[int] = None
         self._earlier: Dict[ChainKey, KnownRules] = {}  # an older generation's, compared by their bytes only
         self._attempt = _Attempt(0, None, 0, {})
+
+    def enter(self, namespace: Optional[Tuple[int, int]]) -> None:
+        """The read about to start is of ``namespace``. Where it is not the one read before (the
+        ``network_namespace`` path now names another namespace), what was read there and the watch
+        that followed it are forgotten: another namespace's generation ids are not this one's."""
+        if namespace != self.namespace and (self.ruleset is not None or self.watch.watching):
+            self.close()
+            self._start_over()
+        self.namespace = namespace
 
     @property
     def changes(self) -> Optional[Changes]:
@@ -353,6 +368,7 @@ def read_kernel(
 
 def _open(cache: KernelCache, reader: NetlinkReader) -> None:
     """The change watch first: it must be subscribed before the read whose generation it follows."""
+    cache.enter(current_namespace())
     cache.watch.open()
     reader.open()
 
@@ -465,7 +481,7 @@ def collect(
     walk_kernel: Optional[Walk] = (lambda kernel: walk(kernel, beside)) if walk is not None else None
     key = (walk_key, tuple(piece.identity for piece in beside))
     kernel, walked, sets = read_kernel(options, kernel_cache, family, walk_kernel, key)
-    return [Collected(KERNEL, 'nf_tables (netlink)', kernel=kernel, walked=walked, sets=sets)] + list(beside)
+    return [Collected(KERNEL, 'nf_tables (netlink)', kernel=kernel, walked=walked, sets=sets, namespace=kernel_cache.namespace)] + list(beside)
 
 
 __all__ = ['CollectionError', 'Collected', 'KernelCache', 'KERNEL', 'collect', 'collected_text', 'read_stream', 'uses_netlink']

@@ -8,7 +8,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from typing import Callable, List, Optional, TypeVar
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 from .runner import CollectionError
 
@@ -63,6 +63,16 @@ def in_network_namespace(path: Optional[str], action: Callable[[], T]) -> T:
     if errors:
         raise errors[0]
     return results[0]
+
+
+def current_namespace() -> Optional[Tuple[int, int]]:
+    """(device, inode) of the calling thread's network namespace, which names it while it lives;
+    None where /proc cannot tell."""
+    try:
+        found = os.stat('/proc/thread-self/ns/net')
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def read_proc_net(path: Optional[str], name: str, proc_path: str) -> str:

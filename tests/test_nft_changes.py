@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from datadog_checks.loopback_traffic import netlink
 from datadog_checks.loopback_traffic.collect import KernelCache
+from datadog_checks.loopback_traffic.namespaces import in_network_namespace
 from datadog_checks.loopback_traffic.nf_tables import ChainRules, KernelRuleset
 from datadog_checks.loopback_traffic.nft_changes import NOT_YET, NOTHING_CHANGED, UNKNOWN, ChangeLog, Changes, ChangeWatch, next_generation
 from datadog_checks.loopback_traffic.pipeline import InstanceState
@@ -768,3 +769,37 @@ def test_a_chain_rewritten_as_it_was_keeps_its_rules_while_traffic_counts(netns,
     state.evaluated.clear()
     kept = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
     assert state.kernel.chains[('ip', 'filter', 'LOCHAIN')].rules is read and kept == after
+
+
+def _generation(path):
+    def read():
+        with netlink.NetlinkReader() as reader:
+            return reader.generation()
+
+    return in_network_namespace(path, read)
+
+
+def test_a_namespace_path_that_names_another_namespace_is_read_afresh(netns, tmp_path):
+    """The Agent keeps its check instance while the path ``network_namespace`` gives comes to name
+    another namespace (a container restarted, its namespace mounted there again). What was read and
+    followed in the first is not the second's, however alike their generation ids."""
+    from .netns import Netns
+
+    link = tmp_path / 'judged'
+    netns.restore(LOCHAIN_RULESET, 'ipv4')
+    with Netns() as other:
+        other.restore(LOCHAIN_RULESET.replace('-A LOCHAIN -i lo -j ACCEPT', '-A LOCHAIN -i lo -j DROP'), 'ipv4')
+        first, second = '/run/netns/' + netns.name, '/run/netns/' + other.name
+        for pad in range(abs(_generation(first) - _generation(second))):  # empty tables: the same ids, the same verdicts
+            (netns if _generation(first) < _generation(second) else other).run(['nft', 'add', 'table', 'ip', 'lt_pad{}'.format(pad)], check=True)
+        assert _generation(first) == _generation(second)
+        link.symlink_to(first)
+        state = InstanceState()
+        before = evaluate_with(netns, 'ipv4', state=state, network_namespace=str(link)).result.requirement(INPUT_ACCEPT_LO)
+        assert before.status is Status.PASS and probe_loopback(netns, 'ipv4', 'udp')
+        link.unlink()
+        link.symlink_to(second)
+        after = evaluate_with(other, 'ipv4', state=state, network_namespace=str(link)).result.requirement(INPUT_ACCEPT_LO)
+        assert after.status is Status.FAIL and not probe_loopback(other, 'ipv4', 'udp')
+        assert after == evaluate_with(other, 'ipv4').result.requirement(INPUT_ACCEPT_LO)  # what a new instance says
+        assert state.kernel.watch.watching  # a watch of the namespace now named
