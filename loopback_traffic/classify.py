@@ -107,7 +107,7 @@ def _networks(values: Sequence[str], family_of: IPNetwork) -> Optional[List[IPNe
 AddressRanges = Tuple[Tuple[int, int, int], ...]
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 12)
 def _address_ranges(values: Tuple[str, ...], version: int) -> Optional[AddressRanges]:
     """The first and last address and the prefix length of each ``-s``/``-d`` value, as integers: a
     Kubernetes node's service rules hold tens of thousands of addresses, each classified for every

@@ -95,14 +95,14 @@ def attributes(data: bytes) -> Dict[int, bytes]:
 
 # Rules repeat the same expressions (the same register load, the same port comparison...): their
 # bytes parse to the same attributes, kept here. The dictionaries are shared: never change one.
-# The caches are small: what repeats is a few hundred expressions, and what does not (an address,
-# a comment) would only be held between runs.
-@functools.lru_cache(maxsize=1 << 12)
+# The caches are small: what repeats is a few hundred expressions, which stay in them; what does not
+# (an address, a comment: most of a Kubernetes node's) would only be held between runs.
+@functools.lru_cache(maxsize=1 << 9)
 def shared_attributes(data: bytes) -> Dict[int, bytes]:
     return attributes(data)
 
 
-@functools.lru_cache(maxsize=1 << 12)
+@functools.lru_cache(maxsize=1 << 9)
 def _expression(element: bytes) -> 'Expression':
     attrs = attributes(element)
     return Expression(string(attrs.get(1, b'')), attrs.get(2, b''))  # NFTA_EXPR_NAME, NFTA_EXPR_DATA
