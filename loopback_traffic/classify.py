@@ -13,7 +13,7 @@ import functools
 import ipaddress
 import socket
 from dataclasses import replace
-from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .model import Match, Option, Rule, SetContents, Target
 from .requirements import (
@@ -167,12 +167,22 @@ def _address_relation(values: Tuple[str, ...], packets: Optional[IPNetwork], fam
 def _ranges_relation(ranges: Optional[AddressRanges], packets: Optional[IPNetwork]) -> Relation:
     if ranges is None:
         return SOME
+    if len(ranges) == 1:
+        low, high, length = ranges[0]
+        return _range_relation(low, high, length, packets)
+    if not ranges:
+        return SOME if packets is None else NONE
+    return _disjunction(_range_relation(low, high, length, packets) for low, high, length in ranges)
+
+
+def _range_relation(low: int, high: int, length: int, packets: Optional[IPNetwork]) -> Relation:
+    """One prefix, ``low`` to ``high`` (``length`` bits), against the class's addresses."""
     if packets is None:
-        return ALL if any(length == 0 for _, _, length in ranges) else SOME
+        return ALL if length == 0 else SOME
     first, last = _range_of(packets)
-    if any(low <= first and last <= high for low, high, _ in ranges):
+    if low <= first and last <= high:
         return ALL
-    if all(high < first or last < low for low, high, _ in ranges):
+    if high < first or last < low:
         return NONE
     return SOME
 
@@ -217,26 +227,30 @@ def _builtin(match: Match, packets: PacketClass) -> Relation:
 
 # A condition of a rule known before the rule is decoded, in a form that holds no object the garbage
 # collector follows (a Kubernetes node's rules have tens of thousands): an address,
-# ('-s' | '-d', negated, IP version, the ranges classify reads of the value or None), or an
-# interface, ('-i' | '-o', negated, 0, the pattern). Each stands for the match
-# ``Match('', (Option(option, (value,), negated),))``.
-KnownCondition = Tuple[str, bool, int, object]
+# ('-s' | '-d', negated, IP version, first, last, prefix length) as classify reads the value (first
+# None where it cannot), or an interface, ('-i' | '-o', negated, 0, the pattern, 0, 0). Each stands
+# for the match ``Match('', (Option(option, (value,), negated),))``.
+KnownCondition = Tuple[str, bool, int, Any, int, int]
 
 
 def known_address(option: str, negated: bool, version: int, text: str) -> KnownCondition:
     """The known condition of one ``-s``/``-d`` value as the decoder writes it."""
-    return (option, negated, version, _address_ranges((text,), version))
+    ranges = _address_ranges((text,), version)
+    if ranges is None or len(ranges) != 1:
+        return (option, negated, version, None, 0, 0)
+    return (option, negated, version) + ranges[0]
 
 
 def excluded_by_known(conditions: Iterable[KnownCondition], packets: PacketClass) -> bool:
     """Whether conditions known before a rule is decoded say it matches none of the class: exactly
     where :func:`classify_matches` of the matches they stand for is NONE."""
-    for option, negated, version, value in conditions:
+    for option, negated, version, first, last, length in conditions:
         if option == '-s' or option == '-d':
-            ranges = value if version == packets.source.version else None
-            relation = _ranges_relation(ranges, packets.source if option == '-s' else packets.destination)  # type: ignore[arg-type]
+            if first is None or version != packets.source.version:
+                continue  # SOME, negated or not
+            relation = _range_relation(first, last, length, packets.source if option == '-s' else packets.destination)
         else:
-            relation = _interface_relation(value, packets.in_interface if option == '-i' else packets.out_interface)  # type: ignore[arg-type]
+            relation = _interface_relation(first, packets.in_interface if option == '-i' else packets.out_interface)
         if relation is (ALL if negated else NONE):
             return True
     return False

@@ -2187,10 +2187,10 @@ def _leading_known(value: _Value, data: bytes, negated: bool) -> Optional[KnownC
     if field.kind == 'address' and len(data) <= field.size:
         if value.mask is None and len(data) == field.size:  # one address: its range, without writing it
             number = int.from_bytes(data, 'big')
-            return (field.option, negated, field.version, ((number, number, field.size * 8),))
+            return (field.option, negated, field.version, number, number, field.size * 8)
         return known_address(field.option, negated, field.version, _address_option(value, data))
     if field.kind == 'ifname' and value.mask is None:
-        return (field.option, negated, 0, _interface_text(data))
+        return (field.option, negated, 0, _interface_text(data), 0, 0)
     return None
 
 

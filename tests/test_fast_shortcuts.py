@@ -41,7 +41,7 @@ def known_of(match, version):
     assert match.module == '' and len(option.values) == 1
     if option.name in ('-s', '-d'):
         return known_address(option.name, option.negated, version, option.values[0])
-    return (option.name, option.negated, 0, option.values[0])
+    return (option.name, option.negated, 0, option.values[0], 0, 0)
 
 
 def agrees(rule, family='ip'):
