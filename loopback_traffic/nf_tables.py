@@ -251,7 +251,7 @@ class Expression:
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KernelRule:
     family: str
     table: str
@@ -261,18 +261,25 @@ class KernelRule:
     # Payload of NFTA_RULE_EXPRESSIONS; from the reader, with counters zeroed (:func:`without_statistics`).
     raw_expressions: bytes = field(default=b'', repr=False)
     userdata: bytes = field(default=b'', repr=False)  # NFTA_RULE_USERDATA (the comment lives there)
+    # :func:`counter_offset` of ``raw_expressions`` once found (a Kubernetes node holds hundreds of
+    # thousands of rules: slots, no dictionary each).
+    _counter_at: Optional[int] = field(default=None, init=False, repr=False, compare=False)
 
-    @cached_property
+    @property
     def expressions(self) -> Tuple[Expression, ...]:
-        """Decoded on first use. Raises :class:`MalformedAttributes`."""
+        """Decoded at each use (the decoder's is not kept). Raises :class:`MalformedAttributes`."""
         return expressions_of(self.raw_expressions)
 
-    @cached_property
+    @property
     def counter_at(self) -> int:
         """:func:`counter_offset` of ``raw_expressions``, found once."""
-        return counter_offset(self.raw_expressions)
+        found = self._counter_at
+        if found is None:
+            found = counter_offset(self.raw_expressions)
+            object.__setattr__(self, '_counter_at', found)
+        return found
 
-    @cached_property
+    @property
     def comment(self) -> Optional[str]:
         """The rule's comment (libnftnl's NFTNL_UDATA_RULE_COMMENT, a type-length-value of one-byte fields)."""
         data, offset = self.userdata, 0
