@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, overload
 
 from .model import RulesUnavailable
