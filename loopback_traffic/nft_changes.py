@@ -116,9 +116,10 @@ class Changes:
         """The chain names of ``tables`` and each one's newest chain handle once these changes are
         made, from what they were before (``names``, ``newest``), as reading the chains again would
         give them: for changes to regular chains only (:attr:`rules_only` aside), none of them a
-        rename (:meth:`may_rename`). None where a chain was both added and deleted: which came last
-        cannot be told from the changes."""
-        if self.added & self.deleted:
+        rename (:meth:`may_rename`). None where a chain was both added and deleted (which came last
+        cannot be told from the changes), or where a chain made since was renamed (one handle, two
+        names: the first is gone)."""
+        if self.added & self.deleted or len(self.added) != len(self.made):
             return None
         after = dict(newest)
         for family, table, handle in self.made:

@@ -164,6 +164,12 @@ def test_chains_added_and_deleted_give_the_chain_index_after_them():
     # Made and deleted (in either order): which came last is not in the merged changes.
     log.feed(message(5, IP, name(1, 'nat') + name(3, 'KUBE-SEP-NEW')) + generation(4))
     assert log.between(1, 4).chain_index_after(before, {('ip', 'nat'): 80}, {('ip', 'nat')}) is None
+    # Made, then renamed (its handle again, another name): the first name is gone, unannounced.
+    renamed = started(1)
+    renamed.feed(chain_made('nat', 'KUBE-SEP-NEW', 90) + generation(2))
+    renamed.feed(chain_made('nat', 'KUBE-SEP-OTHER', 90) + generation(3))
+    assert not renamed.between(1, 3).may_rename({('ip', 'nat'): 80})  # made after the read: not a rename of a chain held
+    assert renamed.between(1, 3).chain_index_after(before, {('ip', 'nat'): 80}, {('ip', 'nat')}) is None
 
 
 def test_a_chain_gone_without_being_deleted_was_renamed():
@@ -803,3 +809,17 @@ def test_a_namespace_path_that_names_another_namespace_is_read_afresh(netns, tmp
         assert after.status is Status.FAIL and not probe_loopback(other, 'ipv4', 'udp')
         assert after == evaluate_with(other, 'ipv4').result.requirement(INPUT_ACCEPT_LO)  # what a new instance says
         assert state.kernel.watch.watching  # a watch of the namespace now named
+
+
+def test_a_chain_made_and_renamed_since_the_read_is_told_by_the_chain_index(netns, index_reads):
+    netns.restore(LOCHAIN_RULESET, 'ipv4')
+    state = InstanceState()
+    evaluate_with(netns, 'ipv4', state=state)
+    netns.run(['iptables', '-N', 'KUBE-SEP-C'], check=True)
+    netns.run(['iptables', '-E', 'KUBE-SEP-C', 'KUBE-SEP-D'], check=True)
+    index_reads.clear()
+    state.evaluated.clear()
+    evaluate_with(netns, 'ipv4', state=state)
+    names = state.kernel.ruleset.chain_names
+    assert index_reads == [1] and ('ip', 'filter', 'KUBE-SEP-C') not in names and ('ip', 'filter', 'KUBE-SEP-D') in names
+    assert names == _fresh(netns).chain_names
