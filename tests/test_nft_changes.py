@@ -351,14 +351,18 @@ def _fresh(netns):
     return state.kernel.ruleset
 
 
-def test_a_chain_deleted_and_made_again_is_told_by_the_chain_index(netns, index_reads):
-    """Which of the two came last cannot be told from the changes merged: the chain index is read."""
+@pytest.mark.parametrize('commands', [
+    # made, then deleted (which came last cannot be told from the changes merged), and another made
+    [['-N', 'KUBE-SEP-A'], ['-X', 'KUBE-SEP-A'], ['-N', 'KUBE-SEP-B']],
+    # made since the read, then renamed: its handle twice, under two names
+    [['-N', 'KUBE-SEP-A'], ['-E', 'KUBE-SEP-A', 'KUBE-SEP-B']],
+], ids=['made-and-deleted', 'made-and-renamed'])
+def test_chain_changes_the_notifications_cannot_order_are_told_by_the_chain_index(netns, index_reads, commands):
     netns.restore(LOCHAIN_RULESET, 'ipv4')
     state = InstanceState()
     evaluate_with(netns, 'ipv4', state=state)
-    netns.run(['iptables', '-N', 'KUBE-SEP-A'], check=True)
-    netns.run(['iptables', '-X', 'KUBE-SEP-A'], check=True)  # made, then deleted: gone
-    netns.run(['iptables', '-N', 'KUBE-SEP-B'], check=True)
+    for command in commands:
+        netns.run(['iptables'] + command, check=True)
     index_reads.clear()
     state.evaluated.clear()
     evaluate_with(netns, 'ipv4', state=state)
@@ -809,17 +813,3 @@ def test_a_namespace_path_that_names_another_namespace_is_read_afresh(netns, tmp
         assert after.status is Status.FAIL and not probe_loopback(other, 'ipv4', 'udp')
         assert after == evaluate_with(other, 'ipv4').result.requirement(INPUT_ACCEPT_LO)  # what a new instance says
         assert state.kernel.watch.watching  # a watch of the namespace now named
-
-
-def test_a_chain_made_and_renamed_since_the_read_is_told_by_the_chain_index(netns, index_reads):
-    netns.restore(LOCHAIN_RULESET, 'ipv4')
-    state = InstanceState()
-    evaluate_with(netns, 'ipv4', state=state)
-    netns.run(['iptables', '-N', 'KUBE-SEP-C'], check=True)
-    netns.run(['iptables', '-E', 'KUBE-SEP-C', 'KUBE-SEP-D'], check=True)
-    index_reads.clear()
-    state.evaluated.clear()
-    evaluate_with(netns, 'ipv4', state=state)
-    names = state.kernel.ruleset.chain_names
-    assert index_reads == [1] and ('ip', 'filter', 'KUBE-SEP-C') not in names and ('ip', 'filter', 'KUBE-SEP-D') in names
-    assert names == _fresh(netns).chain_names
