@@ -121,7 +121,8 @@ class KernelCache:
         """The read about to start is of ``namespace``. Where it is not the one read before (the
         ``network_namespace`` path now names another namespace), what was read there and the watch
         that followed it are forgotten: another namespace's generation ids are not this one's."""
-        if namespace != self.namespace and (self.ruleset is not None or self.watch.watching):
+        held = self.ruleset is not None or bool(self.chains) or self.watch.watching  # some chains' rules alone, too
+        if namespace != self.namespace and (held or self.namespace is not None):
             self.close()
             self._start_over()
         self.namespace = namespace
@@ -157,23 +158,26 @@ class KernelCache:
         changes = self.watch.changes(last.generation, generation)
         if changes is None or changes.structure or last.changes_silently:
             return
-        chain_names, newest = last.chain_names, last.newest_chains
-        if changes.chain_set:
+        chain_names, newest, bound = last.chain_names, last.newest_chains, last.bound_chains
+        if changes.chain_set or (bound and changes.chains):
             if changes.may_rename(last.newest_chains):
                 return
             # kube-proxy adds and deletes endpoint chains at most syncs: the notifications name them.
-            index = changes.chain_index_after(last.chain_names, last.newest_chains, {(table.family, table.name) for table in last.tables})
-            if index is None:
+            # A chain bound to a rule goes with it unannounced: where there is one, the index is read.
+            after = None if bound else changes.chain_index_after(last.chain_names, last.newest_chains, {(table.family, table.name) for table in last.tables})
+            if after is not None:
+                chain_names, newest = after
+            else:
                 index = _chain_index_at(reader, last, generation)
-                if index is None or not changes.explains_gone(last.chain_names - index[0]):
+                if index is None or not changes.explains_gone(last.chain_names - index.names):
                     return
-            chain_names, newest = index
+                chain_names, newest, bound = index.names, index.newest, index.bound
         touches = changes.touches
         # The changed chains' last reads stay at hand: a chain rewritten as it was keeps its rules.
         self._earlier = {key: rules for key, rules in self.chains.items() if touches(key)}
         self.chains = {key: rules for key, rules in self.chains.items() if not touches(key)}
         kept = {key: rules for key, rules in last.rules.items() if not touches(key)}
-        self.ruleset = replace(last, generation=generation, rules=ChainRules(kept), chain_names=chain_names, newest_chains=newest)
+        self.ruleset = replace(last, generation=generation, rules=ChainRules(kept), chain_names=chain_names, newest_chains=newest, bound_chains=bound)
         self.walked = {key: walked for key, walked in self.walked.items() if not any(touches(chain) for chain in walked.chains)}
         self.chains_generation = generation
         self.watch.read_done(generation, losses)
@@ -219,27 +223,27 @@ def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[
     last = cache.ruleset
     if last is not None and last.generation == generation:
         return last, {key: last.rules[key] for key in last.rules}
-    if last is not None and last.generation == cache.chains_generation and cache.changes is not None and cache.changes.rules_only:
+    if last is not None and last.generation == cache.chains_generation and cache.changes is not None and cache.changes.rules_only and not last.bound_chains:
         return replace(last, generation=generation, rules={}), _base_chain_rules(reader, cache, last.chains)
     tables = _packet_tables(reader)
-    chains, chain_names, newest = _of_tables(reader.chain_index(), tables)
+    index = _of_tables(reader.chain_index(), tables)
     changes = cache.changes
-    if last is not None and changes is not None and (changes.may_rename(last.newest_chains) or not changes.explains_gone(last.chain_names - chain_names)):
+    if last is not None and changes is not None and (changes.may_rename(last.newest_chains) or not changes.explains_gone(last.chain_names - index.names)):
         cache.forget_changes()  # a chain was renamed: the rules jumping to it now print another name
-    read = _base_chain_rules(reader, cache, chains)
+    read = _base_chain_rules(reader, cache, index.base)
     sets: Dict[Tuple[str, str, str], KernelSet] = {}
     for family, table in sorted({(key[0], key[1]) for key in read}):
         sets.update(_read_sets(reader, family, table))
-    return KernelRuleset(generation, tables, chains, {}, sets, chain_names, newest), read
+    return KernelRuleset(generation, tables, index.base, {}, sets, index.names, index.newest, index.bound), read
 
 
-def _chain_index_at(reader: NetlinkReader, last: KernelRuleset, generation: int) -> Optional[Tuple[FrozenSet[ChainKey], Dict[Tuple[str, str], int]]]:
-    """Every chain of ``last``'s tables and each table's newest chain handle, read at ``generation``;
-    None where the base chains are no longer ``last``'s or the generation moved during the read."""
-    chains, names, newest = _of_tables(reader.chain_index(), last.tables)
-    if chains != last.chains or reader.generation() != generation:
+def _chain_index_at(reader: NetlinkReader, last: KernelRuleset, generation: int) -> Optional[_Index]:
+    """The chain index of ``last``'s tables, read at ``generation``; None where the base chains are
+    no longer ``last``'s or the generation moved during the read."""
+    index = _of_tables(reader.chain_index(), last.tables)
+    if index.base != last.chains or reader.generation() != generation:
         return None
-    return names, newest
+    return index
 
 
 def _packet_tables(reader: NetlinkReader) -> Tuple[KernelTable, ...]:
@@ -247,15 +251,23 @@ def _packet_tables(reader: NetlinkReader) -> Tuple[KernelTable, ...]:
     return tuple(table for table in reader.tables() if table.family in _PACKET_FAMILIES and not table.dormant)
 
 
-def _of_tables(
-    index: ChainIndex, tables: Iterable[KernelTable]
-) -> Tuple[Tuple[KernelChain, ...], FrozenSet[ChainKey], Dict[Tuple[str, str], int]]:
-    """The chain index's base chains, chain names and newest handles in ``tables``."""
+class _Index(NamedTuple):
+    """The chain index within the tables on the packets' path."""
+
+    base: Tuple[KernelChain, ...]
+    names: FrozenSet[ChainKey]
+    newest: Dict[Tuple[str, str], int]
+    bound: FrozenSet[ChainKey]
+
+
+def _of_tables(index: ChainIndex, tables: Iterable[KernelTable]) -> _Index:
+    """The chain index's base chains, chain names, newest handles and bound chains in ``tables``."""
     names = {(table.family, table.name) for table in tables}
-    return (
+    return _Index(
         tuple(chain for chain in index.base if (chain.family, chain.table) in names),
         frozenset(key for key in index.names if (key[0], key[1]) in names),
         {table: handle for table, handle in index.newest.items() if table in names},
+        frozenset(key for key in index.bound if (key[0], key[1]) in names),
     )
 
 

@@ -122,6 +122,7 @@ NFTA_CHAIN_HOOK = 4
 NFTA_CHAIN_POLICY = 5
 NFTA_CHAIN_TYPE = 7
 NFTA_CHAIN_FLAGS = 10
+NFT_CHAIN_BINDING = 0x4  # enum nft_chain_flags: a chain bound to the rule that jumps to it
 
 NFTA_HOOK_HOOKNUM = 1
 NFTA_HOOK_PRIORITY = 2
@@ -360,11 +361,12 @@ def parse_chain(family: int, attrs: bytes) -> KernelChain:
         raise _malformed('chain message', exc) from exc
 
 
-def _chain_identity(data: bytes, start: int, end: int, strings: Dict[bytes, str]) -> Tuple[str, str, int, bool]:
-    """(table, name, handle, whether it is a base chain) of a chain message, without decoding the rest."""
+def _chain_identity(data: bytes, start: int, end: int, strings: Dict[bytes, str]) -> Tuple[str, str, int, bool, bool]:
+    """(table, name, handle, whether it is a base chain, whether it is bound to a rule) of a chain
+    message, without decoding the rest."""
     table = name = ''
     handle = 0
-    is_base = False
+    is_base = is_bound = False
     offset = start
     try:
         while offset + 4 <= end:
@@ -380,10 +382,12 @@ def _chain_identity(data: bytes, start: int, end: int, strings: Dict[bytes, str]
                 handle = _unpack_be64(data, offset + 4)[0]
             elif kind == NFTA_CHAIN_HOOK:
                 is_base = True
+            elif kind == NFTA_CHAIN_FLAGS and length == 8:
+                is_bound = bool(_unpack_be32(data, offset + 4)[0] & NFT_CHAIN_BINDING)
             offset += (length + 3) & ~3
     except struct.error as exc:
         raise _malformed('chain message', exc) from exc
-    return table, name, handle, is_base
+    return table, name, handle, is_base, is_bound
 
 
 def _newest(newest: Dict[Tuple[str, str], int], key: Tuple[str, str, str], handle: int) -> None:
@@ -403,6 +407,7 @@ class _Names(dict):  # type: ignore[type-arg]
 _new_object = object.__new__
 _unpack_nla = _NLA.unpack_from
 _unpack_be64 = _BE64.unpack_from
+_unpack_be32 = _BE32.unpack_from
 
 
 # KernelRule is a frozen dataclass with slots: setting its slots directly skips the frozen __init__
@@ -599,6 +604,8 @@ class ChainIndex(NamedTuple):
     base: List[KernelChain]
     names: Set[Tuple[str, str, str]]
     newest: Dict[Tuple[str, str], int]
+    # The chains bound to a rule (``jump { ... }``): they go with their rule, and no notification says so.
+    bound: Set[Tuple[str, str, str]]
 
 
 class KnownRules(NamedTuple):
@@ -702,19 +709,22 @@ class NetlinkReader:
         base: List[KernelChain] = []
         names: Set[Tuple[str, str, str]] = set()
         newest: Dict[Tuple[str, str], int] = {}
+        bound: Set[Tuple[str, str, str]] = set()
         strings = _Names()
         add_name = names.add
 
         def handle(number: int, data: bytes, start: int, end: int) -> None:
-            table, name, chain_handle, is_base = _chain_identity(data, start, end, strings)
+            table, name, chain_handle, is_base, is_bound = _chain_identity(data, start, end, strings)
             key = (family_name(number), table, name)
             if is_base:
                 base.append(parse_chain(number, data[start:end]))
+            elif is_bound:
+                bound.add(key)
             add_name(key)
             _newest(newest, key, chain_handle)
 
         self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, what='listing the chains')
-        return ChainIndex(base, names, newest)
+        return ChainIndex(base, names, newest, bound)
 
     def rules(self, family: str, table: str, chain: Optional[str] = None) -> List[KernelRule]:
         """The rules of one table (or one chain of it), in order; the kernel does the filtering.

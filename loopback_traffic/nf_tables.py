@@ -422,6 +422,7 @@ class KernelRuleset:
     # (family, table) -> the handle of the newest chain known to have been made in it (it may be gone):
     # handles only grow, so a chain made later has a larger one.
     newest_chains: Mapping[Tuple[str, str], int] = field(default_factory=dict)
+    bound_chains: FrozenSet[ChainKey] = frozenset()  # chains bound to a rule (they go with it, unannounced)
     # The ipsets that xtables set matches name, read when a rule first needs them (None: not read).
     ipsets: Optional[Callable[[], 'SetsRead']] = field(default=None, compare=False)
 

@@ -47,6 +47,8 @@ NFTA_CHAIN_TABLE = 1
 NFTA_CHAIN_HANDLE = 2
 NFTA_CHAIN_NAME = 3
 NFTA_CHAIN_HOOK = 4
+NFTA_CHAIN_FLAGS = 10
+NFT_CHAIN_BINDING = 0x4
 NFTA_RULE_TABLE = 1
 NFTA_RULE_CHAIN = 2
 NFTA_GEN_ID = 1
@@ -89,6 +91,7 @@ class Changes:
     deleted: FrozenSet[ChainKey] = frozenset()  # chains deleted (a name gone without this was renamed)
     made: FrozenSet[Tuple[str, str, int]] = frozenset()  # (family, table, handle) of each regular chain's NEWCHAIN
     added: FrozenSet[ChainKey] = frozenset()  # the regular chains of those NEWCHAINs
+    bound: bool = False  # one of them is bound to a rule (it goes with the rule, unannounced)
 
     @property
     def rules_only(self) -> bool:
@@ -108,6 +111,7 @@ class Changes:
             self.deleted | other.deleted,
             self.made | other.made,
             self.added | other.added,
+            self.bound or other.bound,
         )
 
     def chain_index_after(
@@ -119,7 +123,7 @@ class Changes:
         rename (:meth:`may_rename`). None where a chain was both added and deleted (which came last
         cannot be told from the changes), or where a chain made since was renamed (one handle, two
         names: the first is gone)."""
-        if self.added & self.deleted or len(self.added) != len(self.made):
+        if self.bound or self.added & self.deleted or len(self.added) != len(self.made):
             return None
         after = dict(newest)
         for family, table, handle in self.made:
@@ -157,6 +161,7 @@ class _Transaction:
         self.deleted: Set[ChainKey] = set()
         self.made: Set[Tuple[str, str, int]] = set()
         self.added: Set[ChainKey] = set()
+        self.bound = False
         self.structure = False
         self.chain_set = False
 
@@ -181,6 +186,8 @@ class _Transaction:
                         raise _Unreadable('a chain notification without its handle')
                     self.made.add((family, key[1], int.from_bytes(handle, 'big')))
                     self.added.add(key)
+                    flags = found.get(NFTA_CHAIN_FLAGS, b'')
+                    self.bound = self.bound or (len(flags) == 4 and bool(int.from_bytes(flags, 'big') & NFT_CHAIN_BINDING))
         elif kind in _TABLE_MESSAGES:
             self.tables.add((family, _name(attributes(attrs), NFTA_TABLE_NAME)))
             self.structure = True
@@ -200,6 +207,7 @@ class _Transaction:
             frozenset(self.deleted),
             frozenset(self.made),
             frozenset(self.added),
+            self.bound,
         )
 
 

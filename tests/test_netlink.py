@@ -333,13 +333,16 @@ def _chain_named(name: str, res_id: int = 0, handle: int = 5) -> bytes:
 
 
 def test_the_chain_index_names_every_chain_and_reads_base_chains_in_full() -> None:
-    base, names, _ = FedReader([CHAIN + _chain_named('user') + _chain_named('other') + done()]).chain_index()
+    base, names, _, _ = FedReader([CHAIN + _chain_named('user') + _chain_named('other') + done()]).chain_index()
     assert [chain.name for chain in base] == ['input'] and base[0].hook == 'input'
     assert names == {('inet', 'filter', 'input'), ('inet', 'filter', 'user'), ('inet', 'filter', 'other')}
     # the same attributes in another family are another chain
     same_bytes_in_ip = message(netlink.NFT_MSG_NEWCHAIN, attrs_of(_chain_named('user')), family=2)
-    base, names, _ = FedReader([_chain_named('user') + same_bytes_in_ip + done()]).chain_index()
-    assert base == [] and names == {('inet', 'filter', 'user'), ('ip', 'filter', 'user')}
+    base, names, _, bound = FedReader([_chain_named('user') + same_bytes_in_ip + done()]).chain_index()
+    assert base == [] and names == {('inet', 'filter', 'user'), ('ip', 'filter', 'user')} and bound == set()
+    # a chain bound to a rule (NFTA_CHAIN_FLAGS with NFT_CHAIN_BINDING)
+    binding = message(netlink.NFT_MSG_NEWCHAIN, nla_str(1, 'filter') + nla_be64(2, 9) + nla_str(3, '__chain9') + nla_be32(10, 4), family=1)
+    assert FedReader([binding + _chain_named('user') + done()]).chain_index().bound == {('inet', 'filter', '__chain9')}
 
 
 def test_the_chain_index_gives_each_tables_newest_chain_handle() -> None:

@@ -170,6 +170,10 @@ def test_chains_added_and_deleted_give_the_chain_index_after_them():
     renamed.feed(chain_made('nat', 'KUBE-SEP-OTHER', 90) + generation(3))
     assert not renamed.between(1, 3).may_rename({('ip', 'nat'): 80})  # made after the read: not a rename of a chain held
     assert renamed.between(1, 3).chain_index_after(before, {('ip', 'nat'): 80}, {('ip', 'nat')}) is None
+    # A chain bound to a rule (NFT_CHAIN_BINDING): it will go with the rule, unannounced.
+    binding = started(1)
+    binding.feed(message(NEWCHAIN, IP, name(1, 'nat') + nla(2, struct.pack('>Q', 91)) + name(3, '__chain91') + nla(10, struct.pack('>I', 4))) + generation(2))
+    assert binding.between(1, 2).bound and binding.between(1, 2).chain_index_after(before, {('ip', 'nat'): 80}, {('ip', 'nat')}) is None
 
 
 def test_a_chain_gone_without_being_deleted_was_renamed():
@@ -813,3 +817,26 @@ def test_a_namespace_path_that_names_another_namespace_is_read_afresh(netns, tmp
         assert after.status is Status.FAIL and not probe_loopback(other, 'ipv4', 'udp')
         assert after == evaluate_with(other, 'ipv4').result.requirement(INPUT_ACCEPT_LO)  # what a new instance says
         assert state.kernel.watch.watching  # a watch of the namespace now named
+
+
+@pytest.mark.parametrize('then', [['nft', 'add chain inet t y'], None], ids=['then-a-chain-made', 'rules-only'])
+def test_a_chain_bound_to_a_rule_goes_with_it_from_the_chain_index(netns, then):
+    """A chain bound to a rule (``jump { ... }``) goes with the rule, and no notification says so
+    (found by a review): where the ruleset holds one, the chain index is read again, whatever changed."""
+    netns.restore(LOCHAIN_RULESET, 'ipv4')
+    netns.run(['nft', 'add table inet t; add chain inet t in { type filter hook input priority -5; }'], check=True)
+    state = InstanceState()
+    evaluate_with(netns, 'ipv4', state=state)
+    netns.run(['nft', 'add rule inet t in jump { iif lo ip protocol udp drop; }'], check=True)
+    assert evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO).status is not Status.PASS
+    assert not probe_loopback(netns, 'ipv4', 'udp')
+    bound = {key for key in state.kernel.ruleset.chain_names if key[2].startswith('__chain')}
+    assert bound and bound == set(state.kernel.ruleset.bound_chains)
+    netns.run(['nft', 'flush chain inet t in'], check=True)  # the bound chain goes with the rule
+    if then:
+        netns.run(then, check=True)
+    kept = evaluate_with(netns, 'ipv4', state=state).result
+    fresh = _fresh(netns)
+    assert not bound & fresh.chain_names and state.kernel.ruleset.chain_names == fresh.chain_names
+    assert kept == evaluate_with(netns, 'ipv4').result and kept.requirement(INPUT_ACCEPT_LO).status is Status.PASS
+    assert probe_loopback(netns, 'ipv4', 'udp')
