@@ -593,9 +593,6 @@ def _kernel_error(code: int, text: str, what: str) -> NetlinkError:
 Handler = Callable[[int, bytes, int, int], None]
 
 
-# Per nfgenmsg family, the regular chains' messages (their attributes) -> ((family, table, name), handle).
-
-
 class ChainIndex(NamedTuple):
     """What the full chain dump tells: the base chains, every chain's (family, table, name), and per
     (family, table) the handle of its newest chain (handles only grow within a table: a chain

@@ -138,8 +138,9 @@ def without_statistics(raw: bytes) -> bytes:
         if length < 8 or offset + length > end or name_length < 4:
             return raw
         if (name_length == 12 and starts(b'counter\0', offset + 8) or name_length == 9 and starts(b'last\0', offset + 8)) and kind & 0x3FFF == 1 and name_kind & 0x3FFF == 1:
-            if not _zero_values(raw, zeroed, offset + 4 + ((name_length + 3) & ~3), offset + length):
-                return raw
+            data_at = offset + 4 + ((name_length + 3) & ~3)
+            if data_at + 4 > offset + length or not _zero_values(raw, zeroed, data_at, offset + length):
+                return raw  # a name with no data after it, or data not laid out as attributes
         offset += (length + 3) & ~3
     return raw if offset < end or zeroed == raw else bytes(zeroed)
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
-from .netlink import NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, SO_RCVBUFFORCE, SOL_NETLINK, family_name
+from .netlink import NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFT_CHAIN_BINDING, NFTA_CHAIN_FLAGS, SO_RCVBUFFORCE, SOL_NETLINK, family_name
 from .nf_tables import ChainKey, MalformedAttributes, attributes, be32, string
 
 NFNLGRP_NFTABLES = 7
@@ -47,8 +47,6 @@ NFTA_CHAIN_TABLE = 1
 NFTA_CHAIN_HANDLE = 2
 NFTA_CHAIN_NAME = 3
 NFTA_CHAIN_HOOK = 4
-NFTA_CHAIN_FLAGS = 10
-NFT_CHAIN_BINDING = 0x4
 NFTA_RULE_TABLE = 1
 NFTA_RULE_CHAIN = 2
 NFTA_GEN_ID = 1

@@ -211,6 +211,9 @@ def test_only_top_level_counters_as_the_kernel_writes_them_are_zeroed() -> None:
     broken = bytearray(counted)
     broken[0:2] = struct.pack('=H', len(counted) + 8)
     assert nf_tables.without_statistics(bytes(broken)) == bytes(broken)
+    name_only = nla(1, nla_str(1, 'counter'))  # a counter's name and no data: nothing to read past it
+    for raw in (name_only, name_only + _DROP, nla(1, nla_str(1, 'last'))):
+        assert nf_tables.without_statistics(raw) == raw
 
 
 _KUBE_RULE = _expressions(_ADDRESS, nla(1, nla_str(1, 'match') + nla(2, nla_str(1, 'comment') + nla_be32(2, 0) + nla(3, b'ns/svc:port' + bytes(245)))),
@@ -243,7 +246,7 @@ def test_a_counter_not_laid_out_as_the_kernel_does_has_no_offset() -> None:
 @given(st.binary(max_size=200), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
 @settings(max_examples=300, deadline=None)
 def test_zeroing_counts_never_raises_and_keeps_the_length(noise: bytes, packets: int, octets: int) -> None:
-    for raw in (noise, _counted(packets, octets) + noise, noise + b'counter\0last\0'):
+    for raw in (noise, _counted(packets, octets) + noise, noise + b'counter\0last\0', nla(1, nla_str(1, 'counter')) + noise):
         zeroed = nf_tables.without_statistics(raw)
         assert len(zeroed) == len(raw) and nf_tables.without_statistics(zeroed) == zeroed
 
