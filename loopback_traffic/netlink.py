@@ -43,6 +43,7 @@ from .nf_tables import (
     be32,
     be32_signed,
     be64,
+    compact_comments,
     same_but_counts,
     string,
     without_statistics,
@@ -426,7 +427,7 @@ def _rule_from(family: str, data: bytes, start: int, end: int, names: Dict[bytes
     _set_chain(rule, chain)
     _set_handle(rule, handle)
     _set_position(rule, position)
-    _set_expressions(rule, without_statistics(expressions))
+    _set_expressions(rule, without_statistics(compact_comments(expressions)))
     _set_userdata(rule, userdata)
     _set_counter_at(rule, None)
     return rule
@@ -451,10 +452,12 @@ def _take_new_handles(messages: List[Tuple[int, bytes, int, int]], rules: Tuple[
 
 
 def _same_but_counts(expressions: bytes, rule: KernelRule) -> bool:
-    """Whether a rule's expressions as read are ``rule``'s (whose counters were zeroed), counts aside."""
+    """Whether a rule's expressions as read are ``rule``'s (kept as :func:`_rule_from` keeps them:
+    comments compacted, counters zeroed), counts aside."""
     kept = rule.raw_expressions
     if expressions == kept:
         return True
+    expressions = compact_comments(expressions)
     at = rule.counter_at
     return same_but_counts(expressions, kept, at) if at >= 0 else without_statistics(expressions) == kept
 

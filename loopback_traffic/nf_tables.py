@@ -145,6 +145,56 @@ def without_statistics(raw: bytes) -> bytes:
     return raw if offset < end or zeroed == raw else bytes(zeroed)
 
 
+# An xt comment match as the kernel writes it: the element's header, NFTA_EXPR_NAME "match", the
+# header of NFTA_EXPR_DATA, NFTA_MATCH_NAME "comment", NFTA_MATCH_REV 0 and the header of
+# NFTA_MATCH_INFO, whose 256 bytes follow: the comment, padded with NULs. The kernel takes no other
+# size for it (the match's own), and kube-proxy's rules carry one each.
+_COMMENT_MATCH = (
+    struct.pack('=HH', 300, 1) + b'\x0a\x00\x01\x00match\x00\x00\x00' + struct.pack('=HH', 284, 2)
+    + b'\x0c\x00\x01\x00comment\x00' + struct.pack('=HHI', 8, 2, 0) + struct.pack('=HH', 260, 3)
+)
+_COMMENT_INFO_AT = len(_COMMENT_MATCH)  # 44: where the info starts in the element
+_COMMENT_SIZE = 256
+_pack_header = struct.Struct('=HH').pack
+
+
+def compact_comments(raw: bytes) -> bytes:
+    """An NFTA_RULE_EXPRESSIONS payload with the padding of each top-level xt comment match laid
+    out as the kernel writes it cut one NUL after the comment, the lengths around it made to agree.
+    It decodes as the payload does (a comment ends at its first NUL), and two payloads are equal
+    exactly when they were: the kernel's comment info is always 256 bytes, so padding it again
+    gives the payload back. Kept rules hold half the bytes then. Anything else is left as it is."""
+    at = raw.find(_COMMENT_MATCH)
+    if at < 0:
+        return raw
+    parts: List[bytes] = []
+    offset = done = 0
+    end = len(raw)
+    while at >= 0:
+        while offset < at:  # the element must be one of the top level's
+            length = _two_headers(raw, offset)[0] if offset + 8 <= end else 0
+            if length < 8:
+                return raw
+            offset += (length + 3) & ~3
+        if offset != at or at + 300 > end:
+            return raw
+        info_at = at + _COMMENT_INFO_AT
+        kept = len(raw[info_at : info_at + _COMMENT_SIZE].rstrip(b'\0')) + 1  # the comment and one NUL
+        if kept < _COMMENT_SIZE:
+            size = (4 + kept + 3) & ~3  # the info attribute, padded
+            parts += (
+                raw[done:at], _pack_header(40 + size, 1), raw[at + 4 : at + 16], _pack_header(24 + size, 2), raw[at + 20 : at + 40],
+                _pack_header(4 + kept, 3), raw[info_at : info_at + kept], bytes(size - 4 - kept),
+            )
+            done = at + 300
+        offset = at + 300
+        at = raw.find(_COMMENT_MATCH, offset)
+    if not parts:
+        return raw
+    parts.append(raw[done:])
+    return b''.join(parts)
+
+
 def _zero_values(raw: bytes, zeroed: bytearray, data_at: int, end: int) -> bool:
     """Zero the payload of each attribute nested in the NFTA_EXPR_DATA at ``data_at``; False where it
     is not laid out as attributes."""
@@ -258,7 +308,8 @@ class KernelRule:
     chain: str
     handle: int
     position: int = 0  # NFTA_RULE_POSITION where the kernel gives it, else 0
-    # Payload of NFTA_RULE_EXPRESSIONS; from the reader, with counters zeroed (:func:`without_statistics`).
+    # Payload of NFTA_RULE_EXPRESSIONS; from the reader, with comments compacted (:func:`compact_comments`)
+    # and counters zeroed (:func:`without_statistics`).
     raw_expressions: bytes = field(default=b'', repr=False)
     userdata: bytes = field(default=b'', repr=False)  # NFTA_RULE_USERDATA (the comment lives there)
     # :func:`counter_offset` of ``raw_expressions`` once found (a Kubernetes node holds hundreds of

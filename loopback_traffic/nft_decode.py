@@ -126,8 +126,10 @@ class _FamilyDecodes:
     def __init__(self) -> None:
         self._current: Dict[Tuple[object, ...], DecodedRule] = {}
         self._previous: Dict[Tuple[object, ...], DecodedRule] = {}
-        self._leading: Dict[Tuple[int, bytes], Optional[Tuple[KnownCondition, ...]]] = {}
-        self._leading_before: Dict[Tuple[int, bytes], Optional[Tuple[KnownCondition, ...]]] = {}
+        # Keyed by the rule's bytes alone: the IP version they are read for is the family's.
+        self._leading: Dict[bytes, Optional[Tuple[KnownCondition, ...]]] = {}
+        self._leading_before: Dict[bytes, Optional[Tuple[KnownCondition, ...]]] = {}
+        self._version: Optional[int] = None
         self._chains: Dict[Tuple[str, str, str, bool, bool], '_DecodedRules'] = {}
         self._chains_before: Dict[Tuple[str, str, str, bool, bool], '_DecodedRules'] = {}
         self._vouched: Dict[int, Tuple[Sequence[KernelRule], bool]] = {}  # by the rules' identity (kept alive here)
@@ -171,7 +173,9 @@ class _FamilyDecodes:
         return _with_handle(found, rule.handle)
 
     def leading(self, rule: KernelRule, version: int) -> Optional[Tuple[KnownCondition, ...]]:
-        key = (version, rule.raw_expressions)
+        if version != self._version:  # never for the tables of one family; kept exact if it were
+            self._version, self._leading, self._leading_before = version, {}, {}
+        key = rule.raw_expressions
         if key in self._leading:
             return self._leading[key]
         found = self._leading_before.get(key) if key in self._leading_before else known_conditions(rule.raw_expressions, version)

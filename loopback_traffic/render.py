@@ -16,10 +16,22 @@ def quote(value: str) -> str:
     return '"{}"'.format(value.replace('\\', '\\\\').replace('"', '\\"'))
 
 
+# The values iptables-save writes as xtables strings: bare only when made of letters, digits, '_'
+# and '-'; else in double quotes, with a backslash before each double quote, backslash and quote.
+_STRING_OPTIONS = frozenset({'--comment', '--log-prefix', '--nflog-prefix'})
+_BARE_STRING = re.compile(r'[_\-0-9a-zA-Z]+')
+_STRING_ESCAPES = re.compile(r'(["\\\'])')
+
+
+def _string(value: str) -> str:
+    return value if _BARE_STRING.fullmatch(value) else '"{}"'.format(_STRING_ESCAPES.sub(r'\\\1', value))
+
+
 def _option(option: Option) -> List[str]:
     words = ['!'] if option.negated else []
     words.append(option.name)
-    words.extend(quote(value) for value in option.values)
+    quoting = _string if option.name in _STRING_OPTIONS else quote
+    words.extend(quoting(value) for value in option.values)
     return words
 
 
@@ -33,7 +45,10 @@ def _match(match: Match) -> List[str]:
 def _target(target: Target) -> List[str]:
     words = ['-g' if target.goto else '-j', target.name]
     for argument in target.args:
-        words.append(argument if argument.startswith('--') and _PLAIN.match(argument[2:] or 'x') else quote(argument))
+        if words[-1] in _STRING_OPTIONS:
+            words.append(_string(argument))
+        else:
+            words.append(argument if argument.startswith('--') and _PLAIN.match(argument[2:] or 'x') else quote(argument))
     return words
 
 

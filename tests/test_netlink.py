@@ -216,22 +216,101 @@ def test_only_top_level_counters_as_the_kernel_writes_them_are_zeroed() -> None:
         assert nf_tables.without_statistics(raw) == raw
 
 
-_KUBE_RULE = _expressions(_ADDRESS, nla(1, nla_str(1, 'match') + nla(2, nla_str(1, 'comment') + nla_be32(2, 0) + nla(3, b'ns/svc:port' + bytes(245)))),
-                         _counted(0, 0), _DROP)
+def _comment_match(info: bytes) -> bytes:
+    return nla(1, nla_str(1, 'match') + nla(2, nla_str(1, 'comment') + nla_be32(2, 0) + nla(3, info)))
+
+
+_KUBE_RULE = _expressions(_ADDRESS, _comment_match(b'ns/svc:port' + bytes(245)), _counted(0, 0), _DROP)
+
+
+def _stored(raw: bytes) -> bytes:
+    """A rule's expressions as the reader keeps them."""
+    return nf_tables.without_statistics(nf_tables.compact_comments(raw))
 
 
 @given(st.lists(st.tuples(st.integers(0, len(_KUBE_RULE) - 1), st.integers(0, 255)), max_size=4))
 @settings(max_examples=400, deadline=None)
 def test_the_same_rule_but_for_its_counts_is_found_as_without_statistics_finds_it(changes: List[Tuple[int, int]]) -> None:
     """What the reader compares a rule read again with (a few slices, at the offset of the kept rule's
-    counter) says "the same rule" exactly where zeroing the counts of the new bytes gives the kept ones."""
-    kept = nf_tables.without_statistics(_KUBE_RULE)
+    counter) says "the same rule" exactly where the new bytes, kept as the reader keeps them (comments
+    compacted, counts zeroed), are the kept ones."""
+    kept = _stored(_KUBE_RULE)
     at = nf_tables.counter_offset(kept)
-    assert at == kept.find(b'counter') - 4 > 0
-    read = bytearray(kept)
+    assert at == kept.find(b'counter') - 4 > 0 and len(kept) < len(_KUBE_RULE)
+    read = bytearray(_KUBE_RULE)
     for offset, value in changes:
         read[offset] = value
-    assert nf_tables.same_but_counts(bytes(read), kept, at) == (nf_tables.without_statistics(bytes(read)) == kept)
+    message = nla_str(1, 'nat') + nla_str(2, 'KUBE-SERVICES') + nla_be64(3, 42)
+    rule = netlink.parse_rule(2, message + nla(4, _KUBE_RULE, nested=True))
+    assert rule.raw_expressions == kept
+    assert netlink._same_but_counts(bytes(read), rule) == (_stored(bytes(read)) == kept)
+    compacted = nf_tables.compact_comments(bytes(read))
+    assert nf_tables.same_but_counts(compacted, kept, at) == (nf_tables.without_statistics(compacted) == kept)
+
+
+# --------------------------------------------------------------------------- comments kept compacted
+
+def _padded_again(raw: bytes) -> bytes:
+    """compact_comments undone, from the kernel's layout: each top-level comment match's info padded
+    to its 256 bytes again (the test's own builder makes the lengths)."""
+    elements = []
+    for kind, element in nf_tables.attribute_list(raw):
+        attrs = nf_tables.attribute_list(element)
+        if kind == 1 and attrs[:1] == [(1, b'match\0')] and len(attrs) == 2:
+            data = nf_tables.attribute_list(attrs[1][1])
+            if [k for k, _ in data] == [1, 2, 3] and data[0][1] == b'comment\0' and data[1][1] == bytes(4) and len(data[2][1]) < 256:
+                elements.append(_comment_match(data[2][1].ljust(256, b'\0')))
+                continue
+        elements.append(nla(kind, element))
+    return b''.join(elements)
+
+
+def _comment_info(text: bytes, tail: bytes) -> bytes:
+    return (text + b'\0' + tail)[:256].ljust(256, b'\0')
+
+
+@given(
+    st.lists(st.tuples(st.binary(max_size=255).map(lambda b: b.replace(b'\0', b'x')), st.binary(max_size=8)), min_size=1, max_size=3),
+    st.sampled_from([(), (_ADDRESS,), (_ADDRESS, _counted(3, 4))]),
+)
+@settings(max_examples=400, deadline=None)
+def test_comments_are_kept_compacted_and_padding_them_again_gives_the_bytes_read(comments: List[Tuple[bytes, bytes]], before: Tuple[bytes, ...]) -> None:
+    """The reader keeps a comment match's info cut one NUL after the comment (kube-proxy's rules carry
+    one each, 256 bytes as the kernel writes it): nothing is lost (padded again, it is the payload
+    read, so two rules kept alike were read alike), the comment reads the same, and the other
+    expressions are untouched."""
+    infos = [_comment_info(text, tail) for text, tail in comments]
+    raw = _expressions(*before, *(_comment_match(info) for info in infos), _DROP)
+    compacted = nf_tables.compact_comments(raw)
+    assert _padded_again(compacted) == raw
+    assert len(compacted) <= len(raw) and (compacted == raw) == all(info[-2:] != bytes(2) for info in infos)
+    ours, theirs = nf_tables.expressions_of(compacted), nf_tables.expressions_of(raw)
+    assert [e.name for e in ours] == [e.name for e in theirs]
+    for mine, read, in zip(ours, theirs):
+        if mine.name != 'match':
+            assert mine == read
+            continue
+        (_, name), (_, revision), (_, info) = nf_tables.attribute_list(mine.data)
+        assert (name, revision) == (b'comment\0', bytes(4)) and info.split(b'\0', 1)[0] == nf_tables.attributes(read.data)[3].split(b'\0', 1)[0]
+    assert nf_tables.compact_comments(compacted) == compacted
+
+
+def test_a_comment_match_not_at_the_top_level_or_not_as_the_kernel_writes_it_is_left_as_it_is() -> None:
+    short = _comment_info(b'svc', b'')
+    inside = nla(1, nla_str(1, 'match') + nla(2, nla_str(1, 'string') + nla_be32(2, 1) + nla(3, _comment_match(short))))
+    for raw in (
+        _expressions(inside, _DROP),  # inside another match's binary data
+        _expressions(nla(1, nla_str(1, 'match') + nla(2, nla_str(1, 'comment') + nla_be32(2, 1) + nla(3, short))), _DROP),  # revision 1
+        _expressions(_comment_match(short[:200]), _DROP),  # not the kernel's size
+        _expressions(_comment_match(b'y' * 255 + b'\0'), _DROP),  # no padding to cut
+    ):
+        assert nf_tables.compact_comments(raw) is raw
+    whole = _expressions(_ADDRESS, _comment_match(short), _DROP)
+    for cut in range(0, len(whole), 7):  # cut short: never raises, never longer
+        assert len(nf_tables.compact_comments(whole[:cut])) <= cut
+    broken = bytearray(whole)
+    broken[0:2] = struct.pack('=H', 2)  # a length shorter than a header before the comment
+    assert nf_tables.compact_comments(bytes(broken)) == bytes(broken)
 
 
 def test_a_counter_not_laid_out_as_the_kernel_does_has_no_offset() -> None:

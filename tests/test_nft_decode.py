@@ -389,6 +389,7 @@ IPTABLES_RULES = CIS_V4.replace('COMMIT\n', '''-A INPUT ! -s 127.0.0.0/8 -j DROP
 -A INPUT -m addrtype --src-type LOCAL -j DROP
 -A INPUT -m mark --mark 0x8000/0x8000 -j ACCEPT
 -A INPUT -m comment --comment "hello world" -j ACCEPT
+-A INPUT -s 10.0.0.1/32 -m comment --comment "a/b:c" -m comment --comment "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" -j ACCEPT
 -A INPUT -j MYCHAIN
 -A INPUT -g MYCHAIN
 -A INPUT -j REJECT --reject-with icmp-port-unreachable
