@@ -45,6 +45,7 @@ from .nf_tables import (
     be64,
     compact_comments,
     same_but_counts,
+    same_compacted_but_counts,
     string,
     without_statistics,
 )
@@ -413,8 +414,8 @@ _unpack_be32 = _BE32.unpack_from
 
 # KernelRule is a frozen dataclass with slots: setting its slots directly skips the frozen __init__
 # (one object.__setattr__ per field), which was a third of the cost of a rule.
-_set_family, _set_table, _set_chain, _set_handle, _set_position, _set_expressions, _set_userdata, _set_counter_at = (
-    getattr(KernelRule, name).__set__ for name in ('family', 'table', 'chain', 'handle', 'position', 'raw_expressions', 'userdata', '_counter_at')
+_set_family, _set_table, _set_chain, _set_handle, _set_position, _set_expressions, _set_userdata, _set_offsets = (
+    getattr(KernelRule, name).__set__ for name in ('family', 'table', 'chain', 'handle', 'position', 'raw_expressions', 'userdata', '_offsets')
 )
 
 
@@ -429,7 +430,7 @@ def _rule_from(family: str, data: bytes, start: int, end: int, names: Dict[bytes
     _set_position(rule, position)
     _set_expressions(rule, without_statistics(compact_comments(expressions)))
     _set_userdata(rule, userdata)
-    _set_counter_at(rule, None)
+    _set_offsets(rule, None)
     return rule
 
 
@@ -457,8 +458,11 @@ def _same_but_counts(expressions: bytes, rule: KernelRule) -> bool:
     kept = rule.raw_expressions
     if expressions == kept:
         return True
+    at, cut = rule.offsets
+    same = same_compacted_but_counts(expressions, kept, at, cut)
+    if same is not None:
+        return same
     expressions = compact_comments(expressions)
-    at = rule.counter_at
     return same_but_counts(expressions, kept, at) if at >= 0 else without_statistics(expressions) == kept
 
 

@@ -156,6 +156,7 @@ _COMMENT_MATCH = (
 _COMMENT_INFO_AT = len(_COMMENT_MATCH)  # 44: where the info starts in the element
 _COMMENT_SIZE = 256
 _pack_header = struct.Struct('=HH').pack
+_unpack_header = struct.Struct('=HH').unpack_from
 
 
 def compact_comments(raw: bytes) -> bytes:
@@ -180,8 +181,8 @@ def compact_comments(raw: bytes) -> bytes:
             return raw
         info_at = at + _COMMENT_INFO_AT
         kept = len(raw[info_at : info_at + _COMMENT_SIZE].rstrip(b'\0')) + 1  # the comment and one NUL
-        if kept < _COMMENT_SIZE:
-            size = (4 + kept + 3) & ~3  # the info attribute, padded
+        size = (4 + kept + 3) & ~3  # the info attribute, padded
+        if size < 4 + _COMMENT_SIZE:  # else nothing to save
             parts += (
                 raw[done:at], _pack_header(40 + size, 1), raw[at + 4 : at + 16], _pack_header(24 + size, 2), raw[at + 20 : at + 40],
                 _pack_header(4 + kept, 3), raw[info_at : info_at + kept], bytes(size - 4 - kept),
@@ -193,6 +194,56 @@ def compact_comments(raw: bytes) -> bytes:
         return raw
     parts.append(raw[done:])
     return b''.join(parts)
+
+
+# The inner part of a comment match element (NFTA_MATCH_NAME "comment", NFTA_MATCH_REV 0), compacted or not.
+_COMMENT_INNER = _COMMENT_MATCH[20:40]
+_NAME_MATCH = _COMMENT_MATCH[4:16]
+
+
+def comment_cut(kept: bytes) -> Tuple[int, int]:
+    """(offset, bytes of info kept) of the one top-level comment match :func:`compact_comments` cut in
+    ``kept``; (-1, 0) where it cut none or several."""
+    found = (-1, 0)
+    offset, end = 0, len(kept)
+    while offset + 8 <= end:
+        length = _two_headers(kept, offset)[0]
+        if length < 8 or offset + length > end:
+            return (-1, 0)
+        if length < 300 and kept.startswith(_NAME_MATCH, offset + 4) and kept.startswith(_COMMENT_INNER, offset + 20) and offset + 44 <= end:
+            info_length, info_kind = _unpack_header(kept, offset + 40)
+            if info_kind == 3 and 44 < 40 + info_length <= length:
+                if found[0] >= 0:
+                    return (-1, 0)
+                found = (offset, info_length - 4)
+        offset += (length + 3) & ~3
+    return found
+
+
+def same_compacted_but_counts(raw: bytes, kept: bytes, counter_at: int, cut: Tuple[int, int]) -> Optional[bool]:
+    """Whether ``raw`` (as the kernel sends it) is, compacted and its counts zeroed, ``kept`` (whose
+    :func:`counter_offset` is ``counter_at`` and whose :func:`comment_cut` is ``cut``), without
+    compacting it: slices compared around the comment. None where that cannot tell (the caller
+    compacts then)."""
+    at, info = cut
+    if at < 0:
+        return None
+    size = (4 + info + 3) & ~3
+    kept_end, raw_end = at + 40 + size, at + 300
+    if (
+        len(raw) != len(kept) + raw_end - kept_end
+        or not raw.startswith(_COMMENT_MATCH, at)
+        or raw[:at] != kept[:at]
+        or raw[at + 44 : at + 44 + info] != kept[at + 44 : at + 44 + info]
+        or raw.count(0, at + 44 + info, raw_end) != raw_end - at - 44 - info
+    ):
+        return None
+    tail, kept_tail = raw[raw_end:], kept[kept_end:]
+    if tail == kept_tail:
+        return True
+    if counter_at > kept_end:
+        return same_but_counts(tail, kept_tail, counter_at - kept_end)
+    return without_statistics(tail) == kept_tail
 
 
 def _zero_values(raw: bytes, zeroed: bytearray, data_at: int, end: int) -> bool:
@@ -312,9 +363,9 @@ class KernelRule:
     # and counters zeroed (:func:`without_statistics`).
     raw_expressions: bytes = field(default=b'', repr=False)
     userdata: bytes = field(default=b'', repr=False)  # NFTA_RULE_USERDATA (the comment lives there)
-    # :func:`counter_offset` of ``raw_expressions`` once found (a Kubernetes node holds hundreds of
-    # thousands of rules: slots, no dictionary each).
-    _counter_at: Optional[int] = field(default=None, init=False, repr=False, compare=False)
+    # :func:`counter_offset` and :func:`comment_cut` of ``raw_expressions``, once found (a Kubernetes
+    # node holds hundreds of thousands of rules: slots, no dictionary each).
+    _offsets: Optional[Tuple[int, Tuple[int, int]]] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def expressions(self) -> Tuple[Expression, ...]:
@@ -322,12 +373,12 @@ class KernelRule:
         return expressions_of(self.raw_expressions)
 
     @property
-    def counter_at(self) -> int:
-        """:func:`counter_offset` of ``raw_expressions``, found once."""
-        found = self._counter_at
+    def offsets(self) -> Tuple[int, Tuple[int, int]]:
+        """:func:`counter_offset` and :func:`comment_cut` of ``raw_expressions``, found once."""
+        found = self._offsets
         if found is None:
-            found = counter_offset(self.raw_expressions)
-            object.__setattr__(self, '_counter_at', found)
+            found = (counter_offset(self.raw_expressions), comment_cut(self.raw_expressions))
+            object.__setattr__(self, '_offsets', found)
         return found
 
     @property
