@@ -22,7 +22,7 @@ from .config import LEGACY, NFT, Options
 from .ipset import IpsetError, IpsetReader
 from .ipset_contents import MATCH_SET, NOT_IN_A_SAVED_RULESET, SetsOnDemand, SetsRead
 from .netlink import ChainIndex, KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, Vanished, read_consistent
-from .nf_tables import ChainKey, ChainRules, KernelChain, KernelRule, KernelRuleset, KernelSet, KernelTable
+from .nf_tables import ChainKey, ChainNames, ChainRules, KernelChain, KernelRule, KernelRuleset, KernelSet, KernelTable
 from .nft_changes import NOTHING_CHANGED, Changes, ChangeWatch
 from .namespaces import current_namespace, in_network_namespace
 from .runner import CollectionError, command_line
@@ -169,7 +169,7 @@ class KernelCache:
                 chain_names, newest = after
             else:
                 index = _chain_index_at(reader, last, generation)
-                if index is None or not changes.explains_gone(last.chain_names - index.names):
+                if index is None or not changes.explains_gone(last.chain_names.not_in(index.names)):
                     return
                 chain_names, newest, bound = index.names, index.newest, index.bound
         touches = changes.touches
@@ -228,7 +228,7 @@ def _start(reader: NetlinkReader, cache: KernelCache, generation: int) -> Tuple[
     tables = _packet_tables(reader)
     index = _of_tables(reader.chain_index(), tables)
     changes = cache.changes
-    if last is not None and changes is not None and (changes.may_rename(last.newest_chains) or not changes.explains_gone(last.chain_names - index.names)):
+    if last is not None and changes is not None and (changes.may_rename(last.newest_chains) or not changes.explains_gone(last.chain_names.not_in(index.names))):
         cache.forget_changes()  # a chain was renamed: the rules jumping to it now print another name
     read = _base_chain_rules(reader, cache, index.base)
     sets: Dict[Tuple[str, str, str], KernelSet] = {}
@@ -255,7 +255,7 @@ class _Index(NamedTuple):
     """The chain index within the tables on the packets' path."""
 
     base: Tuple[KernelChain, ...]
-    names: FrozenSet[ChainKey]
+    names: ChainNames
     newest: Dict[Tuple[str, str], int]
     bound: FrozenSet[ChainKey]
 
@@ -265,7 +265,7 @@ def _of_tables(index: ChainIndex, tables: Iterable[KernelTable]) -> _Index:
     names = {(table.family, table.name) for table in tables}
     return _Index(
         tuple(chain for chain in index.base if (chain.family, chain.table) in names),
-        frozenset(key for key in index.names if (key[0], key[1]) in names),
+        index.names.within(names),
         {table: handle for table, handle in index.newest.items() if table in names},
         frozenset(key for key in index.bound if (key[0], key[1]) in names),
     )

@@ -31,6 +31,7 @@ from .nf_tables import (
     NFPROTO_ARP,
     NFPROTO_NETDEV,
     NFPROTO_UNSPEC,
+    ChainNames,
     KernelChain,
     KernelRule,
     KernelRuleset,
@@ -392,12 +393,6 @@ def _chain_identity(data: bytes, start: int, end: int, strings: Dict[bytes, str]
     return table, name, handle, is_base, is_bound
 
 
-def _newest(newest: Dict[Tuple[str, str], int], key: Tuple[str, str, str], handle: int) -> None:
-    table = (key[0], key[1])
-    if handle > newest.get(table, 0):
-        newest[table] = handle
-
-
 class _Names(dict):  # type: ignore[type-arg]
     """Raw NUL-terminated name -> str, decoded once per distinct name (rules repeat their table and chain)."""
 
@@ -606,7 +601,7 @@ class ChainIndex(NamedTuple):
     created later has a larger one)."""
 
     base: List[KernelChain]
-    names: Set[Tuple[str, str, str]]
+    names: ChainNames
     newest: Dict[Tuple[str, str], int]
     # The chains bound to a rule (``jump { ... }``): they go with their rule, and no notification says so.
     bound: Set[Tuple[str, str, str]]
@@ -711,24 +706,27 @@ class NetlinkReader:
         each (between runs, the change notifications keep the index: it is read again only after
         what they cannot follow)."""
         base: List[KernelChain] = []
-        names: Set[Tuple[str, str, str]] = set()
+        names: Dict[Tuple[str, str], Set[str]] = {}
         newest: Dict[Tuple[str, str], int] = {}
         bound: Set[Tuple[str, str, str]] = set()
         strings = _Names()
-        add_name = names.add
 
         def handle(number: int, data: bytes, start: int, end: int) -> None:
             table, name, chain_handle, is_base, is_bound = _chain_identity(data, start, end, strings)
-            key = (family_name(number), table, name)
+            key = (family_name(number), table)
             if is_base:
                 base.append(parse_chain(number, data[start:end]))
             elif is_bound:
-                bound.add(key)
-            add_name(key)
-            _newest(newest, key, chain_handle)
+                bound.add((key[0], table, name))
+            found = names.get(key)
+            if found is None:
+                found = names[key] = set()
+            found.add(name)
+            if chain_handle > newest.get(key, 0):
+                newest[key] = chain_handle
 
         self.request(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, handle, what='listing the chains')
-        return ChainIndex(base, names, newest, bound)
+        return ChainIndex(base, ChainNames(names), newest, bound)
 
     def rules(self, family: str, table: str, chain: Optional[str] = None) -> List[KernelRule]:
         """The rules of one table (or one chain of it), in order; the kernel does the filtering.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, overload
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union, overload
 
 from .model import RulesUnavailable
 
@@ -429,6 +429,74 @@ NFT_DATA_VERDICT = 0xFFFFFF00
 
 
 ChainKey = Tuple[str, str, str]  # (family, table, chain)
+TableKey = Tuple[str, str]  # (family, table)
+
+
+class ChainNames(AbstractSet[ChainKey]):
+    """Every chain's (family, table, name), kept as one set of names per table: a Kubernetes node
+    has tens of thousands of chains, which cost a name each and no tuple. What the set operators
+    (``-``, ``|``, ``&``) give is a plain frozenset of keys."""
+
+    __slots__ = ('_tables', '_size')
+
+    def __init__(self, tables: Optional[Mapping[TableKey, AbstractSet[str]]] = None) -> None:
+        self._tables: Dict[TableKey, FrozenSet[str]] = {
+            table: names if isinstance(names, frozenset) else frozenset(names) for table, names in (tables or {}).items() if names
+        }
+        self._size = sum(len(names) for names in self._tables.values())
+
+    @classmethod
+    def _from_iterable(cls, keys: Iterable[Any]) -> FrozenSet[Any]:
+        return frozenset(keys)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, tuple) or len(key) != 3:
+            return False
+        names = self._tables.get((key[0], key[1]))
+        return names is not None and key[2] in names
+
+    def __iter__(self) -> Iterator[ChainKey]:
+        return ((family, table, name) for (family, table), names in self._tables.items() for name in names)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ChainNames):
+            return self._tables == other._tables
+        return super().__eq__(other)
+
+    def __hash__(self) -> int:
+        return self._hash()
+
+    def __repr__(self) -> str:
+        return 'ChainNames({} chains in {} tables)'.format(self._size, len(self._tables))
+
+    def of_table(self, family: str, table: str) -> FrozenSet[str]:
+        return self._tables.get((family, table), frozenset())
+
+    def within(self, tables: AbstractSet[TableKey]) -> 'ChainNames':
+        """The chains of ``tables`` only."""
+        return ChainNames({table: names for table, names in self._tables.items() if table in tables})
+
+    def changed(self, deleted: Iterable[ChainKey], added: Iterable[ChainKey]) -> 'ChainNames':
+        """These names less ``deleted``, plus ``added``: the tables neither touches are shared."""
+        gone: Dict[TableKey, Set[str]] = {}
+        new: Dict[TableKey, Set[str]] = {}
+        for family, table, name in deleted:
+            gone.setdefault((family, table), set()).add(name)
+        for family, table, name in added:
+            new.setdefault((family, table), set()).add(name)
+        tables: Dict[TableKey, AbstractSet[str]] = dict(self._tables)
+        for key in gone.keys() | new.keys():
+            tables[key] = (self._tables.get(key, frozenset()) - gone.get(key, set())) | new.get(key, set())
+        return ChainNames(tables)
+
+    def not_in(self, other: 'ChainNames') -> Iterator[ChainKey]:
+        """The chains named here that ``other`` does not name."""
+        for (family, table), names in self._tables.items():
+            for name in names - other.of_table(family, table):
+                yield (family, table, name)
 
 
 class ChainRules(Mapping[ChainKey, Tuple[KernelRule, ...]]):
@@ -440,7 +508,7 @@ class ChainRules(Mapping[ChainKey, Tuple[KernelRule, ...]]):
         self,
         read: Dict[ChainKey, Tuple[KernelRule, ...]],
         fetch: Optional[Callable[[ChainKey], Sequence[KernelRule]]] = None,
-        known: FrozenSet[ChainKey] = frozenset(),
+        known: AbstractSet[ChainKey] = frozenset(),
     ) -> None:
         self._read = read
         self._fetch = fetch
@@ -521,7 +589,7 @@ class KernelRuleset:
     chains: Tuple[KernelChain, ...] = ()
     rules: Mapping[Tuple[str, str, str], Tuple[KernelRule, ...]] = field(default_factory=dict)  # (family, table, chain)
     sets: Mapping[Tuple[str, str, str], KernelSet] = field(default_factory=dict)  # (family, table, set name)
-    chain_names: FrozenSet[ChainKey] = frozenset()  # every chain, where ``chains`` holds the base chains only
+    chain_names: ChainNames = field(default_factory=ChainNames)  # every chain, where ``chains`` holds the base chains only
     # (family, table) -> the handle of the newest chain known to have been made in it (it may be gone):
     # handles only grow, so a chain made later has a larger one.
     newest_chains: Mapping[Tuple[str, str], int] = field(default_factory=dict)

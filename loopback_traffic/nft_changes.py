@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 from .netlink import NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFT_CHAIN_BINDING, NFTA_CHAIN_FLAGS, SO_RCVBUFFORCE, SOL_NETLINK, family_name
-from .nf_tables import ChainKey, MalformedAttributes, attributes, be32, string
+from .nf_tables import ChainKey, ChainNames, MalformedAttributes, attributes, be32, string
 
 NFNLGRP_NFTABLES = 7
 NETLINK_ADD_MEMBERSHIP = 1
@@ -113,8 +113,8 @@ class Changes:
         )
 
     def chain_index_after(
-        self, names: FrozenSet[ChainKey], newest: Mapping[Tuple[str, str], int], tables: AbstractSet[Tuple[str, str]]
-    ) -> Optional[Tuple[FrozenSet[ChainKey], Dict[Tuple[str, str], int]]]:
+        self, names: ChainNames, newest: Mapping[Tuple[str, str], int], tables: AbstractSet[Tuple[str, str]]
+    ) -> Optional[Tuple[ChainNames, Dict[Tuple[str, str], int]]]:
         """The chain names of ``tables`` and each one's newest chain handle once these changes are
         made, from what they were before (``names``, ``newest``), as reading the chains again would
         give them: for changes to regular chains only (:attr:`rules_only` aside), none of them a
@@ -127,7 +127,7 @@ class Changes:
         for family, table, handle in self.made:
             if (family, table) in tables and handle > after.get((family, table), 0):
                 after[(family, table)] = handle
-        return (names - self.deleted) | {key for key in self.added if (key[0], key[1]) in tables}, after
+        return names.changed(self.deleted, (key for key in self.added if (key[0], key[1]) in tables)), after
 
     def may_rename(self, newest: Mapping[Tuple[str, str], int]) -> bool:
         """Whether a NEWCHAIN was about a chain that already existed when ``newest`` (each table's

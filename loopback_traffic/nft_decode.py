@@ -257,8 +257,8 @@ class _Chains(Mapping[str, Chain]):
         return DecodedChain(name, None, rules, self._decoding) if rules is not None else None
 
     def __iter__(self) -> Iterator[str]:
-        names = self._kernel.chain_names or frozenset((c.family, c.table, c.name) for c in self._kernel.chains)
-        return iter(sorted(name for family, table, name in names if (family, table) == (self._family, self._table) and name in self))
+        names = self._kernel.chain_names.of_table(self._family, self._table) or {c.name for c in self._kernel.chains_of(self._family, self._table)}
+        return iter(sorted(name for name in names if name in self))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None

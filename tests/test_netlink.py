@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pickle
 import re
 import struct
 import sys
@@ -459,6 +460,30 @@ def test_the_chain_index_names_every_chain_and_reads_base_chains_in_full() -> No
     # a chain bound to a rule (NFTA_CHAIN_FLAGS with NFT_CHAIN_BINDING)
     binding = message(netlink.NFT_MSG_NEWCHAIN, nla_str(1, 'filter') + nla_be64(2, 9) + nla_str(3, '__chain9') + nla_be32(10, 4), family=1)
     assert FedReader([binding + _chain_named('user') + done()]).chain_index().bound == {('inet', 'filter', '__chain9')}
+
+
+@given(
+    st.sets(st.tuples(st.sampled_from(['ip', 'ip6', 'inet']), st.sampled_from(['filter', 'nat']), st.sampled_from(['A', 'B', 'KUBE-SEP-1', 'X']))),
+    st.sets(st.tuples(st.sampled_from(['ip', 'inet']), st.sampled_from(['filter', 'nat']), st.sampled_from(['A', 'KUBE-SEP-1', 'Y']))),
+    st.sets(st.tuples(st.sampled_from(['ip', 'ip6']), st.sampled_from(['filter', 'mangle', 'nat']), st.sampled_from(['B', 'Y', 'Z']))),
+)
+@settings(max_examples=200, deadline=None)
+def test_chain_names_kept_by_table_are_the_set_of_their_keys(keys: set, deleted: set, added: set) -> None:
+    """The chain index keeps one set of names per table (no tuple per chain); as a set of (family,
+    table, name) it is exactly the keys it was made of, and what the notifications change in it is
+    what the same change to the keys gives."""
+    by_table: Dict[Tuple[str, str], set] = {}
+    for family, table, name in keys:
+        by_table.setdefault((family, table), set()).add(name)
+    names = nf_tables.ChainNames(by_table)
+    assert names == keys and keys == names and len(names) == len(keys) and set(names) == keys and hash(names) == hash(frozenset(keys))
+    assert all(key in names for key in keys) and ('ip', 'filter', 'none') not in names and 'A' not in names
+    changed = names.changed(deleted, added)
+    assert changed == (keys - deleted) | added and names == keys  # a new index: this one is as it was
+    assert set(names.not_in(changed)) == keys - changed and names - changed == keys - changed
+    assert names.within({('ip', 'nat')}) == {key for key in keys if key[:2] == ('ip', 'nat')}
+    assert sorted(names.of_table('ip', 'nat')) == sorted(key[2] for key in keys if key[:2] == ('ip', 'nat'))
+    assert pickle.loads(pickle.dumps(changed)) == changed
 
 
 def test_the_chain_index_gives_each_tables_newest_chain_handle() -> None:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from datadog_checks.loopback_traffic import netlink
 from datadog_checks.loopback_traffic.collect import KernelCache
 from datadog_checks.loopback_traffic.namespaces import in_network_namespace
-from datadog_checks.loopback_traffic.nf_tables import ChainRules, KernelRuleset
+from datadog_checks.loopback_traffic.nf_tables import ChainNames, ChainRules, KernelRuleset
 from datadog_checks.loopback_traffic.nft_changes import NOT_YET, NOTHING_CHANGED, UNKNOWN, ChangeLog, Changes, ChangeWatch, next_generation
 from datadog_checks.loopback_traffic.pipeline import InstanceState
 from datadog_checks.loopback_traffic.requirements import INPUT_ACCEPT_LO, INPUT_DROP_LOOPBACK_SOURCE
@@ -158,7 +158,7 @@ def test_chains_added_and_deleted_give_the_chain_index_after_them():
     log.feed(chain_made('mangle', 'OTHER', 7) + generation(3))
     found = log.between(1, 3)
     assert isinstance(found, Changes) and found.added == {('ip', 'nat', 'KUBE-SEP-NEW'), ('ip', 'mangle', 'OTHER')}
-    before = frozenset({('ip', 'nat', 'KUBE-SEP-OLD'), ('ip', 'nat', 'KUBE-SERVICES')})
+    before = ChainNames({('ip', 'nat'): {'KUBE-SEP-OLD', 'KUBE-SERVICES'}})
     names, newest = found.chain_index_after(before, {('ip', 'nat'): 80}, {('ip', 'nat')})  # mangle is not on the path
     assert names == {('ip', 'nat', 'KUBE-SEP-NEW'), ('ip', 'nat', 'KUBE-SERVICES')} and newest == {('ip', 'nat'): 90}
     # Made and deleted (in either order): which came last is not in the merged changes.
