@@ -199,6 +199,14 @@ class _Summary:
 _RETURNED = _Summary(None, None, False, None)
 
 
+def _same_summary(kept: _Summary, now: _Summary) -> bool:
+    """Whether a chain's summary now says what the kept one said: the same object, or the same
+    verdict, deciding rule and escape with the very same deviations (a service chain rewritten to
+    jump to a new endpoint chain like the one it replaces; the deviations are not compared in depth,
+    a tree of thousands of them would be compared recursively)."""
+    return kept is now or (kept.devs is now.devs and kept.verdict == now.verdict and kept.escapes == now.escapes and kept.decided_by == now.decided_by)
+
+
 def _ends_the_walk(rule: Rule) -> bool:
     target = rule.target
     return target is not None and (target.name in _WALK_TARGETS or target.goto)
@@ -337,12 +345,15 @@ class _ChainWalker:
 
     def _replay(self, calls: Sequence['_Call']) -> Generator[Tuple[Chain, PacketClass], _View, bool]:
         """The calls a kept view rests on, made again (the views they give are needed anyway): True
-        when each gives the very view it gave then."""
+        when each gives the view it gave then (a view is a function of its chain's rules and of what
+        the views it calls hold: a service chain rewritten to jump to a new endpoint chain like the
+        one it replaces gives an equal view, and its callers' views stand)."""
         for name, before, entering, seen in calls:
             callee = self.table.chain(name)
             if callee is None or callee.is_builtin or self._entry(callee, before) != entering:
                 return False
-            if (yield callee, entering) is not seen:
+            view = yield callee, entering
+            if view is not seen and view != seen:
                 return False
         return True
 
@@ -436,21 +447,27 @@ class _ChainWalker:
         if key not in self.summaries:
             fresh = not self.views and not self._first_entry
             if not (fresh and self._reuse(root, entry)):
-                self._visit(root, entry)
+                kept = self._kept(root, entry) if fresh else None
+                self._visit(root, entry, {found: found for found in kept[1]} if kept is not None else {})
                 if fresh:
-                    self._keep(root, entry)
+                    self._keep(root, entry, kept)
         return self.summaries[key], self.views[key]
 
     def _root_key(self, root: Chain, entry: PacketClass) -> Tuple[Any, ...]:
         return (entry, root.policy, self.required, self.label, self.table_name)
 
+    def _kept(self, root: Chain, entry: PacketClass) -> Optional[Tuple[Any, ...]]:
+        """What an earlier walker kept of the walk from a base chain (:meth:`_keep`), if anything."""
+        memo = self._memo(root, 'roots')
+        found: Optional[Tuple[Any, ...]] = memo.get(self._root_key(root, entry)) if memo is not None else None
+        return found
+
     def _reuse(self, root: Chain, entry: PacketClass) -> bool:
         """A walk from a base chain, as an earlier walker found it, where every chain it entered has
         the very rules it had then (the front-end's ``content`` of each is the same object): what
         the walk found is a function of those rules, the class, the requirement and the ruleset."""
-        memo = self._memo(root, 'roots')
         content = getattr(self.table.chains, 'content', None)
-        kept = memo.get(self._root_key(root, entry)) if memo is not None and content is not None else None
+        kept = self._kept(root, entry) if content is not None else None
         if kept is None or content is None:
             return False
         depends, views, summaries, first_entry = kept
@@ -461,16 +478,27 @@ class _ChainWalker:
         self._first_entry.update(first_entry)
         return True
 
-    def _keep(self, root: Chain, entry: PacketClass) -> None:
+    def _keep(self, root: Chain, entry: PacketClass, kept: Optional[Tuple[Any, ...]]) -> None:
+        """The walk from a base chain, for a later walker to find again; ``kept``: what it replaces,
+        whose pairs of a chain and its rules are taken where they still hold (what outlives a run
+        is not made again at each one: Python's full collections follow it)."""
         memo = self._memo(root, 'roots')
         content = getattr(self.table.chains, 'content', None)
         if memo is None or content is None:
             return
-        depends = tuple((name, content(name)) for name in {name for name, _ in self.views})
-        if all(rules is not None for _, rules in depends):
-            memo[self._root_key(root, entry)] = (depends, dict(self.views), dict(self.summaries), dict(self._first_entry))
+        before: Dict[str, Tuple[str, Any]] = {pair[0]: pair for pair in kept[0]} if kept is not None else {}
+        depends = []
+        for name in {name for name, _ in self.views}:
+            rules = content(name)
+            if rules is None:
+                return
+            pair = before.get(name)
+            depends.append(pair if pair is not None and pair[1] is rules else (name, rules))
+        memo[self._root_key(root, entry)] = (tuple(depends), dict(self.views), dict(self.summaries), dict(self._first_entry))
 
-    def _visit(self, root: Chain, entry: PacketClass) -> None:
+    def _visit(self, root: Chain, entry: PacketClass, keys: Optional[Dict[Tuple[str, PacketClass], Tuple[str, PacketClass]]] = None) -> None:
+        """``keys``: the keys of an earlier walk's views, taken for the same chains and classes."""
+        keys = keys or {}
         on_stack: Set[str] = {root.name}
         stack: List[Tuple[Chain, PacketClass, _Scan]] = [(root, entry, self._scan(root, entry))]
         reply: Optional[_View] = None
@@ -482,8 +510,10 @@ class _ChainWalker:
                 view = done.value
                 stack.pop()
                 on_stack.discard(chain.name)
-                self.views[(chain.name, packets)] = view
-                self.summaries[(chain.name, packets)] = self._summary_of(chain, packets, view)
+                key = (chain.name, packets)
+                key = keys.get(key, key)
+                self.views[key] = view
+                self.summaries[key] = self._summary_of(chain, packets, view)
                 reply = view
                 continue
             known = self.views.get((callee.name, entering))
@@ -510,7 +540,7 @@ class _ChainWalker:
         )
         key = (packets, chain.policy, self.required, self.label, self.table_name)
         kept = memo.get(key)
-        if kept is not None and kept[0] is view and len(kept[1]) == len(called) and all(a is b for a, b in zip(kept[1], called)):
+        if kept is not None and kept[0] is view and len(kept[1]) == len(called) and all(_same_summary(a, b) for a, b in zip(kept[1], called)):
             return kept[2]  # type: ignore[no-any-return]
         summary = self._summarise(chain, view)
         memo[key] = (view, called, summary)

@@ -429,19 +429,31 @@ def _rule_from(family: str, data: bytes, start: int, end: int, names: Dict[bytes
     return rule
 
 
-def _take_new_handles(messages: List[Tuple[int, bytes, int, int]], rules: Tuple[KernelRule, ...], names: Dict[bytes, str]) -> bool:
+class _Messages(NamedTuple):
+    """The reply messages of one chain's dump, in four lists: no tuple per message (kube-proxy's big
+    chains give tens of thousands, alive while they are read, which Python's collections follow)."""
+
+    families: List[int]
+    datas: List[bytes]
+    starts: List[int]
+    ends: List[int]
+
+
+def _take_new_handles(messages: _Messages, rules: Tuple[KernelRule, ...], names: Dict[bytes, str]) -> bool:
     """Whether a chain's messages are ``rules`` again, in order, under new handles (kube-proxy
     rewrites its big chains so at every sync); if so, the rules (the reader's own objects, kept by
     the caller) take the new handles and positions, and nothing is built again."""
-    if len(messages) != len(rules):
+    if len(messages.datas) != len(rules):
         return False
-    moved = []
-    for (number, data, start, end), rule in zip(messages, rules):
-        table, chain, handle, position, expressions, userdata = _rule_fields(data, start, end, names)
+    handles: List[int] = []
+    positions: List[int] = []
+    for number, data, start, end, rule in zip(*messages, rules):
+        _, _, handle, position, expressions, userdata = _rule_fields(data, start, end, names)
         if not _same_but_counts(expressions, rule) or userdata != rule.userdata or family_name(number) != rule.family:
             return False
-        moved.append((handle, position))
-    for rule, (handle, position) in zip(rules, moved):
+        handles.append(handle)
+        positions.append(position)
+    for rule, handle, position in zip(rules, handles, positions):
         _set_handle(rule, handle)
         _set_position(rule, position)
     return True
@@ -743,15 +755,19 @@ class NetlinkReader:
         changed, ``known``'s rules, which take the new handles."""
         number = family_number(family)
         attrs = _attr_string(NFTA_RULE_TABLE, table) + _attr_string(NFTA_RULE_CHAIN, chain)
-        messages: List[Tuple[int, bytes, int, int]] = []
+        messages = _Messages([], [], [], [])
         digest = hashlib.blake2b(digest_size=16)
-        update, append = digest.update, messages.append
+        update = digest.update
+        add_family, add_data, add_start, add_end = messages.families.append, messages.datas.append, messages.starts.append, messages.ends.append
 
         def handle(got: int, data: bytes, start: int, end: int) -> None:
             if got != number:
                 update(bytes((0xFF, got)))  # a family other than the one asked for (not res_id: the generation)
             update(memoryview(data)[start:end])
-            append((got, data, start, end))
+            add_family(got)
+            add_data(data)
+            add_start(start)
+            add_end(end)
 
         self.request(NFT_MSG_GETRULE, NFT_MSG_NEWRULE, handle, family=number, attrs=attrs, what='listing the rules of {} {}'.format(family, table))
         found = digest.digest()
@@ -762,7 +778,7 @@ class NetlinkReader:
             return KnownRules(found, known.rules)
         families: Dict[int, str] = {}
         rules = []
-        for number, data, start, end in messages:
+        for number, data, start, end in zip(*messages):
             name = families.get(number)
             if name is None:
                 name = families[number] = family_name(number)

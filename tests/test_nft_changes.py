@@ -703,20 +703,25 @@ def test_kept_and_fresh_agree_through_a_series_of_changes(netns):
     assert not differ, '\n'.join('{} ({}): kept {} fresh {}'.format(*d) for d in differ)
 
 
+def _chains_given_to(monkeypatch, method: str) -> List[str]:
+    """The names of the chains each call of the chain walker's ``method`` is given, in order."""
+    from datadog_checks.loopback_traffic import evaluator
+
+    given: List[str] = []
+    real = getattr(evaluator._ChainWalker, method)
+
+    def counting(self, chain, *args):
+        given.append(chain.name)
+        return real(self, chain, *args)
+
+    monkeypatch.setattr(evaluator._ChainWalker, method, counting)
+    return given
+
+
 @pytest.fixture
 def scans(monkeypatch):
     """The chains the evaluator scans rule by rule (a walk found again scans none)."""
-    from datadog_checks.loopback_traffic import evaluator
-
-    scanned: List[str] = []
-    real = evaluator._ChainWalker._scan_rules
-
-    def counting(self, chain, *args):
-        scanned.append(chain.name)
-        return real(self, chain, *args)
-
-    monkeypatch.setattr(evaluator._ChainWalker, '_scan_rules', counting)
-    return scanned
+    return _chains_given_to(monkeypatch, '_scan_rules')
 
 
 def _handles(ns, chain):
@@ -751,6 +756,56 @@ def test_a_chain_rewritten_as_it_was_keeps_its_walks_and_gets_its_new_handles(ne
     netns.run(['iptables-restore', '--noflush'], input=rewrite.replace('-p udp ', '-p icmp '), check=True)
     again = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
     assert 'LOCHAIN' in scans and again.deviations[0].where.text == '-A LOCHAIN -i lo -p icmp -j DROP'
+
+
+@pytest.fixture
+def summarised(monkeypatch):
+    """The chains the evaluator summarises afresh (a summary found again is not)."""
+    return _chains_given_to(monkeypatch, '_summarise')
+
+
+SERVICES_RULESET = filter_table(
+    '-A INPUT -j SVCS', '-A INPUT -i lo -j ACCEPT', '-A INPUT -s 127.0.0.0/8 -j DROP',
+    '-A SVCS -p udp -j SVC-A', '-A SVCS -p tcp -j SVC-B',
+    '-A SVC-A -m statistic --mode random --probability 0.5 -j SEP-A1', '-A SVC-A -j SEP-A2', '-A SEP-A1 -p udp -j DROP', '-A SEP-A2 -p udp -j DROP',
+    '-A SVC-B -j SEP-B1', '-A SEP-B1 -p tcp -j RETURN', '-A OUTPUT -o lo -j ACCEPT',
+    chains=['SVCS', 'SVC-A', 'SVC-B', 'SEP-A1', 'SEP-A2', 'SEP-B1'], input_policy='DROP', output_policy='DROP',
+)
+
+
+def _replace_endpoint(ns, service, rules, old, new, endpoint_rules):
+    """What kube-proxy does when a pod is replaced: a new endpoint chain, the service chain rewritten
+    to jump to it, the old one flushed and deleted, in one iptables-restore --noflush."""
+    lines = ['*filter', ':{} - [0:0]'.format(service), ':{} - [0:0]'.format(new), ':{} - [0:0]'.format(old)]  # declared: flushed
+    lines += ['-A {} {}'.format(service, rule.replace(old, new)) for rule in rules]
+    lines += ['-A {} {}'.format(new, rule) for rule in endpoint_rules] + ['-X {}'.format(old), 'COMMIT', '']
+    ns.run(['iptables-restore', '--noflush'], input='\n'.join(lines), check=True)
+
+
+def test_an_endpoint_replaced_like_for_like_leaves_the_callers_walks_standing(netns, scans, summarised):
+    """A service chain rewritten to jump to a new endpoint chain like the one it replaces gives a view
+    equal to the one it gave: the chains that call it are not scanned again, and where its summary
+    says what it said, not summarised again either. What the kept instance says is what a new one
+    says, and what the kernel does."""
+    netns.restore(SERVICES_RULESET, 'ipv4')
+    state = InstanceState()
+    before = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
+    assert before.status is Status.PARTIAL and sorted(d.where.chain for d in before.deviations) == ['SEP-A1', 'SEP-A2']
+    scans.clear()
+    _replace_endpoint(netns, 'SVC-A', ['-m statistic --mode random --probability 0.5 -j SEP-A1', '-j SEP-A2'], 'SEP-A1', 'SEP-A3', ['-p udp -j DROP'])
+    after = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
+    assert sorted(set(scans)) == ['SEP-A3', 'SVC-A']  # SVCS and INPUT: their kept views stand
+    assert sorted(d.where.chain for d in after.deviations) == ['SEP-A2', 'SEP-A3']
+    assert after == evaluate_with(netns, 'ipv4').result.requirement(INPUT_ACCEPT_LO)
+    assert not probe_loopback(netns, 'ipv4', 'udp') and probe_loopback(netns, 'ipv4', 'icmp')
+    # An endpoint that decides nothing, replaced: the summaries of the callers are found again too.
+    scans.clear()
+    summarised.clear()
+    _replace_endpoint(netns, 'SVC-B', ['-j SEP-B1'], 'SEP-B1', 'SEP-B2', ['-p tcp -j RETURN'])
+    again = evaluate_with(netns, 'ipv4', state=state).result.requirement(INPUT_ACCEPT_LO)
+    assert sorted(set(scans)) == ['SEP-B2', 'SVC-B'] and sorted(set(summarised)) == ['SEP-B2', 'SVC-B']
+    assert again == after == evaluate_with(netns, 'ipv4').result.requirement(INPUT_ACCEPT_LO)
+    assert not probe_loopback(netns, 'ipv4', 'udp') and probe_loopback(netns, 'ipv4', 'icmp')
 
 
 def _packets_counted(ns, chain):
