@@ -55,7 +55,7 @@ from .nf_tables import (
     string,
 )
 from .ipset_contents import SetsRead, resolve_rule
-from .render import render_rule
+from .render import rule_text
 
 DecodedRule = Union[Rule, Tuple[Rule, ...]]
 
@@ -797,16 +797,9 @@ class _RuleDecoder:
         return self.build(tuple(_merge_matches(self.parts.matches)), self.target)
 
     def build(self, matches: Tuple[Match, ...], target: Optional[Target]) -> Rule:
-        rule = Rule(
-            chain=self.rule.chain,
-            matches=matches,
-            target=target,
-            handle=self.rule.handle,
-            actions=tuple(self.parts.actions),
-            undecoded='; '.join(self.parts.problems),
-        )
-        text = render_rule(rule) if self.iptables else ' '.join(word for word in self.parts.words if word)
-        return _with_text(rule, text)
+        chain = self.rule.chain
+        text = rule_text(chain, matches, target) if self.iptables else ' '.join(word for word in self.parts.words if word)
+        return Rule(chain, matches, target, text=text, handle=self.rule.handle, actions=tuple(self.parts.actions), undecoded='; '.join(self.parts.problems))
 
     def expand_verdict_map(self, value: _Value, kernel_set: KernelSet, inverted: bool) -> DecodedRule:
         base = tuple(_merge_matches(self.parts.matches))
@@ -818,10 +811,6 @@ class _RuleDecoder:
                 return self.build(base + (Match('nft', (Option('{} vmap @{}'.format(value.field.name, kernel_set.name)),)),), None)
             rules.append(self.build(base + (criterion,), verdict))
         return tuple(rules)
-
-
-def _with_text(rule: Rule, text: str) -> Rule:
-    return Rule(rule.chain, rule.matches, rule.target, rule.counters, rule.line, text, rule.handle, rule.actions, rule.undecoded)
 
 
 def _merge_matches(matches: Sequence[Match]) -> List[Match]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from .model import Chain, Counters, Match, Option, Rule, Ruleset, Table, Target
 
@@ -57,13 +57,18 @@ def _counters(counters: Optional[Counters]) -> str:
 
 
 def render_rule(rule: Rule) -> str:
-    words = ['-A', rule.chain]
-    for match in rule.matches:
+    return rule_text(rule.chain, rule.matches, rule.target, rule.counters)
+
+
+def rule_text(chain: str, matches: Sequence[Match], target: Optional[Target], counters: Optional[Counters] = None) -> str:
+    """The ``-A`` line of a rule made of these parts (what :func:`render_rule` writes for it)."""
+    words = ['-A', chain]
+    for match in matches:
         words.extend(_match(match))
-    if rule.target is not None:
-        words.extend(_target(rule.target))
+    if target is not None:
+        words.extend(_target(target))
     line = ' '.join(words)
-    return '{} {}'.format(_counters(rule.counters), line) if rule.counters is not None else line
+    return '{} {}'.format(_counters(counters), line) if counters is not None else line
 
 
 def _chain_header(chain: Chain) -> str:
