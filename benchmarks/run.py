@@ -232,7 +232,7 @@ def measure_baseline(backend: str, repeat: int, tracemalloc_run=False) -> Measur
 # --------------------------------------------------------------------------- the check
 
 
-def measure_check_run(instance: dict, repeat: int = 5, tracemalloc_run=False, diagnose=False) -> Measurement:
+def measure_check_run(instance: dict, repeat: int = 5, tracemalloc_run=False, diagnose=False, sync_repeat: int | None = None) -> Measurement:
     """One check run (both families, collection included) through the Agent API.
 
     Adjust here if the check's class or config changes.
@@ -282,7 +282,7 @@ def measure_check_run(instance: dict, repeat: int = 5, tracemalloc_run=False, di
             # A real sync between runs: kube-proxy rewrites filter KUBE-SERVICES and nat KUBE-SERVICES and
             # KUBE-NODEPORTS (new rule handles, a new generation); what the check kept from the last run
             # is what it may reuse.
-            synced = measure(once, repeat, between=lambda: (aggregator.reset(), sync()))
+            synced = measure(once, sync_repeat or repeat, between=lambda: (aggregator.reset(), sync()))
             m.extra['sync_wall'] = synced.wall
             m.extra['sync_cpu'] = synced.cpu
     if diagnose and m.ok:
@@ -597,7 +597,7 @@ def inside_main(args) -> int:
     if args.inside == 'baseline':
         out = asdict(measure_baseline(args.backend, args.repeat, args.tracemalloc))
     elif args.inside == 'check':
-        out = asdict(measure_check_run(check_instance(args.backend), args.repeat, args.tracemalloc, args.diagnose))
+        out = asdict(measure_check_run(check_instance(args.backend), args.repeat, args.tracemalloc, args.diagnose, args.sync_repeat))
     elif args.inside == 'offline':
         out = asdict(measure_offline(args.file, args.family, args.repeat, args.tracemalloc))
     elif args.inside == 'offline-baseline':
@@ -812,6 +812,7 @@ def main(argv=None) -> int:
                     help='comma-separated, NAME or NAME:CIS_POSITION (e.g. k8s-100k:bottom; default: all)')
     ap.add_argument('--backends', default='nft,legacy')
     ap.add_argument('--repeat', type=int, default=5, help='measured check runs (after one warm-up)')
+    ap.add_argument('--sync-repeat', type=int, help='measured runs after a kube-proxy sync (default: --repeat); Python\'s full collections come every few syncs')
     ap.add_argument('--baseline-repeat', type=int, default=3, help='measured baseline runs (slow at scale)')
     ap.add_argument('--probes', default='k8s-100k',
                     help="presets whose listing commands are probed ('all', 'none', or a list)")
@@ -898,7 +899,7 @@ def main(argv=None) -> int:
                     res['tables_before_check'] = run_inside(ns, 'tables', workdir, 600, backend=backend).get('tables')
                     res['check'] = summarise(run_inside(ns, 'check', workdir, args.timeout, backend=backend,
                                                         repeat=args.repeat, tracemalloc=args.tracemalloc,
-                                                        diagnose=args.diagnose))
+                                                        diagnose=args.diagnose, sync_repeat=args.sync_repeat))
                     for c in res['check'].get('extra', {}).get('commands', []):
                         print(f'    {c["secs"] * 1000:8.1f} ms  rc={c["rc"]}  {c["cmd"]}', flush=True)
                     res['tables_after_check'] = run_inside(ns, 'tables', workdir, 600, backend=backend).get('tables')
