@@ -496,9 +496,8 @@ class _ChainWalker:
             depends.append(pair if pair is not None and pair[1] is rules else (name, rules))
         memo[self._root_key(root, entry)] = (tuple(depends), dict(self.views), dict(self.summaries), dict(self._first_entry))
 
-    def _visit(self, root: Chain, entry: PacketClass, keys: Optional[Dict[Tuple[str, PacketClass], Tuple[str, PacketClass]]] = None) -> None:
+    def _visit(self, root: Chain, entry: PacketClass, keys: Dict[Tuple[str, PacketClass], Tuple[str, PacketClass]]) -> None:
         """``keys``: the keys of an earlier walk's views, taken for the same chains and classes."""
-        keys = keys or {}
         on_stack: Set[str] = {root.name}
         stack: List[Tuple[Chain, PacketClass, _Scan]] = [(root, entry, self._scan(root, entry))]
         reply: Optional[_View] = None

@@ -17,7 +17,7 @@ def quote(value: str) -> str:
 
 
 # The values iptables-save writes as xtables strings: bare only when made of letters, digits, '_'
-# and '-'; else in double quotes, with a backslash before each double quote, backslash and quote.
+# and '-'; else in double quotes, with a backslash before each double quote, backslash and single quote.
 _STRING_OPTIONS = frozenset({'--comment', '--log-prefix', '--nflog-prefix'})
 _BARE_STRING = re.compile(r'[_\-0-9a-zA-Z]+')
 _STRING_ESCAPES = re.compile(r'(["\\\'])')
