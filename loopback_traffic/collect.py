@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable, Dict, FrozenSet, Hashable, Iterable, List
 from .config import LEGACY, NFT, Options
 from .ipset import IpsetError, IpsetReader
 from .ipset_contents import MATCH_SET, NOT_IN_A_SAVED_RULESET, SetsOnDemand, SetsRead
-from .netlink import ChainIndex, KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, Vanished, read_consistent
+from .netlink import ChainIndex, KnownRules, NetlinkError, NetlinkReader, RulesetKeptChanging, Vanished, read_consistent, told_rules
 from .nf_tables import ChainKey, ChainNames, ChainRules, KernelChain, KernelRule, KernelRuleset, KernelSet, KernelTable
 from .nft_changes import NOTHING_CHANGED, Changes, ChangeWatch
 from .namespaces import current_namespace, in_network_namespace
@@ -83,6 +83,7 @@ class _Attempt(NamedTuple):
     changes: Optional[Changes]  # what changed since the chains the cache holds were read; None: unknown
     losses: int  # the change watch's count of lost notifications when the try began
     read: Dict[ChainKey, KnownRules]
+    earlier_changes: Optional[Changes] = None  # what changed since the chains held as ``_earlier`` were read
 
 
 class Walked(NamedTuple):
@@ -99,9 +100,10 @@ class KernelCache:
     the ruleset the kernel runs, and nothing more is read for a family that was walked on it.
 
     When the generation changed, the kernel's change notifications (:class:`.ChangeWatch`) tell which
-    chains' rules changed since the chains held here were read: only those are dumped again. Where
-    the notifications cannot prove it, every chain is dumped, and one whose bytes are the same keeps
-    its parsed rules (and what was decoded of them)."""
+    chains' rules changed since the chains held here were read: only those are dumped again, and
+    not those they tell rewritten whole (:meth:`.Changes.rewrite_of`). Where the notifications
+    cannot prove it, every chain is dumped, and one whose bytes are the same keeps its parsed rules
+    (and what was decoded of them)."""
 
     def __init__(self) -> None:
         self.namespace: Optional[Tuple[int, int]] = None  # the network namespace read (namespaces.current_namespace)
@@ -111,10 +113,11 @@ class KernelCache:
         """Nothing read, nothing followed."""
         self.ruleset: Optional[KernelRuleset] = None
         self.walked: Dict[Tuple[str, Hashable], Walked] = {}  # (family, walk key) -> that walk, on ``ruleset``
-        self.watch = ChangeWatch()
+        self.watch = ChangeWatch(follow=self._holds)
         self.chains: Dict[ChainKey, KnownRules] = {}  # the chains' rules as the kernel held them at ``chains_generation``
         self.chains_generation: Optional[int] = None
         self._earlier: Dict[ChainKey, KnownRules] = {}  # an older generation's, compared by their bytes only
+        self._earlier_changes: Optional[Changes] = None  # what changed from ``_earlier``'s generation to ``chains_generation``
         self._attempt = _Attempt(0, None, 0, {})
 
     def enter(self, namespace: Optional[Tuple[int, int]]) -> None:
@@ -143,7 +146,12 @@ class KernelCache:
             changes = self.watch.changes(self.chains_generation, generation)
             if changes is not None and self.ruleset is not None and self.ruleset.changes_silently:
                 changes = replace(changes, structure=True)  # its tables and sets are read again
-        self._attempt = _Attempt(generation, changes, losses, {})
+        earlier = self._earlier_changes
+        self._attempt = _Attempt(generation, changes, losses, {}, earlier.merged(changes) if earlier is not None and changes is not None else None)
+
+    def _holds(self, key: ChainKey) -> bool:
+        """Whether the rules of chain ``key`` are held here: the watch keeps what its notifications tell of them."""
+        return key in self.chains or key in self._earlier
 
     def advance(self, reader: NetlinkReader, generation: int) -> None:
         """Where the notifications prove that only rules changed since the ruleset held here was read
@@ -175,6 +183,7 @@ class KernelCache:
         touches = changes.touches
         # The changed chains' last reads stay at hand: a chain rewritten as it was keeps its rules.
         self._earlier = {key: rules for key, rules in self.chains.items() if touches(key)}
+        self._earlier_changes = changes
         self.chains = {key: rules for key, rules in self.chains.items() if not touches(key)}
         kept = {key: rules for key, rules in last.rules.items() if not touches(key)}
         self.ruleset = replace(last, generation=generation, rules=ChainRules(kept), chain_names=chain_names, newest_chains=newest, bound_chains=bound)
@@ -184,7 +193,7 @@ class KernelCache:
 
     def forget_changes(self) -> None:
         """The try under way cannot follow the changes chain by chain: every chain is dumped."""
-        self._attempt = self._attempt._replace(changes=None)
+        self._attempt = self._attempt._replace(changes=None, earlier_changes=None)
 
     def chain_rules(self, reader: NetlinkReader, key: ChainKey) -> Tuple[KernelRule, ...]:
         attempt = self._attempt
@@ -194,24 +203,48 @@ class KernelCache:
             if held is not None and attempt.changes is not None and not attempt.changes.touches(key):
                 found = held
             else:
-                found = reader.chain_rules(*key, known=held or self._earlier.get(key))
+                found = self._told(key, held) or reader.chain_rules(*key, known=held or self._earlier.get(key))
             attempt.read[key] = found
         return found.rules
+
+    def _told(self, key: ChainKey, held: Optional[KnownRules]) -> Optional[KnownRules]:
+        """The chain's rules as the change notifications told them, where they told them in full
+        (:meth:`.Changes.rewrite_of`): no dump then."""
+        attempt = self._attempt
+        changes = attempt.changes
+        if held is None:
+            held, changes = self._earlier.get(key), attempt.earlier_changes
+        if held is None or changes is None:
+            return None
+        told = changes.rewrite_of(key, [rule.handle for rule in held.rules])
+        return told_rules(key[0], told, held) if told is not None else None
 
     def read_done(self) -> None:
         """The try under way read one generation: what it read is what the next one compares with."""
         attempt = self._attempt
         if attempt.generation == self.chains_generation:
             self.chains.update(attempt.read)
+            self._forget_earlier_read_again()
         elif attempt.changes is None:
             self._earlier, self.chains = self.chains, dict(attempt.read)
+            self._earlier_changes = None
         else:
-            self._earlier = {}
+            self._earlier, self._earlier_changes = {}, None
             self.chains = {key: rules for key, rules in self.chains.items() if not attempt.changes.touches(key)}
             self.chains.update(attempt.read)
         self.chains_generation = attempt.generation
         self.watch.read_done(attempt.generation, attempt.losses)
         self.watch.size_for(sum(len(known.rules) for known in self.chains.values()))
+
+    def _forget_earlier_read_again(self) -> None:
+        """The older reads of the chains read since, and what the notifications told of them, are
+        not needed any more (the rules told are held until the next run otherwise)."""
+        self._earlier = {key: rules for key, rules in self._earlier.items() if key not in self.chains}
+        changes = self._earlier_changes
+        if not self._earlier or changes is None:
+            self._earlier_changes = None
+        elif changes.rewrites:
+            self._earlier_changes = replace(changes, rewrites={key: told for key, told in changes.rewrites.items() if key in self._earlier})
 
     def close(self) -> None:
         self.watch.close()

@@ -64,6 +64,10 @@ __all__ = [
     'parse_table',
     'parse_chain',
     'parse_rule',
+    'rule_handle',
+    'rule_fields',
+    'RuleFields',
+    'name_cache',
     'parse_set',
     'parse_set_elements',
     'hook_name',
@@ -71,6 +75,7 @@ __all__ = [
     'family_number',
     'NetlinkReader',
     'KnownRules',
+    'told_rules',
     'ChainIndex',
     'read_consistent',
     'read_ruleset',
@@ -416,7 +421,10 @@ _set_family, _set_table, _set_chain, _set_handle, _set_position, _set_expression
 
 def _rule_from(family: str, data: bytes, start: int, end: int, names: Dict[bytes, str]) -> KernelRule:
     """The hot loop of a rule dump: the top-level attributes of one NFT_MSG_NEWRULE only."""
-    table, chain, handle, position, expressions, userdata = _rule_fields(data, start, end, names)
+    return _kernel_rule(family, *_rule_fields(data, start, end, names))
+
+
+def _kernel_rule(family: str, table: str, chain: str, handle: int, position: int, expressions: bytes, userdata: bytes) -> KernelRule:
     rule: KernelRule = _new_object(KernelRule)
     _set_family(rule, family)
     _set_table(rule, table)
@@ -473,7 +481,17 @@ def _same_but_counts(expressions: bytes, rule: KernelRule) -> bool:
     return same_but_counts(expressions, kept, at) if at >= 0 else without_statistics(expressions) == kept
 
 
-def _rule_fields(data: bytes, start: int, end: int, names: Dict[bytes, str]) -> Tuple[str, str, int, int, bytes, bytes]:
+# (table, chain, handle, position, expressions, userdata) of one NFT_MSG_NEWRULE, as the kernel sent them.
+RuleFields = Tuple[str, str, int, int, bytes, bytes]
+
+
+def rule_fields(data: bytes, start: int, end: int, names: Dict[bytes, str]) -> RuleFields:
+    """The fields of the rule message ``data[start:end]`` (its attributes, after nfgenmsg);
+    ``names`` (:func:`name_cache`) caches decoded table and chain names across messages."""
+    return _rule_fields(data, start, end, names)
+
+
+def _rule_fields(data: bytes, start: int, end: int, names: Dict[bytes, str]) -> RuleFields:
     """(table, chain, handle, position, expressions, userdata) of one NFT_MSG_NEWRULE's attributes."""
     table = chain = ''
     handle = position = 0
@@ -512,6 +530,47 @@ def parse_rule(
     """The attribute stream ``data[start:end]`` of an NFT_MSG_NEWRULE message (after nfgenmsg).
     ``names`` caches decoded table and chain names across the rules of one dump."""
     return _rule_from(family_name(family), data, start, len(data) if end is None else end, _Names() if names is None else names)
+
+
+def name_cache() -> Dict[bytes, str]:
+    """A cache of decoded table and chain names for :func:`parse_rule`."""
+    return _Names()
+
+
+def rule_handle(data: bytes, start: int, end: int) -> int:
+    """The NFTA_RULE_HANDLE of the rule message ``data[start:end]`` (its attributes, after nfgenmsg)."""
+    offset = start
+    while offset + 4 <= end:
+        length, kind = _unpack_nla(data, offset)
+        if length < 4 or offset + length > end:
+            break
+        if kind & 0x3FFF == NFTA_RULE_HANDLE and length == 12:
+            return int(_unpack_be64(data, offset + 4)[0])
+        offset += (length + 3) & ~3
+    raise NetlinkError('malformed netlink rule message: no handle')
+
+
+def told_rules(family: str, told: Sequence[RuleFields], known: Optional[KnownRules]) -> KnownRules:
+    """A chain's rules as the change notifications told them, in order (``Changes.rewrite_of``):
+    ``known``'s rule objects, which take the new handles, where these are the same rules again
+    (kube-proxy rewrites its big chains so at every sync), else rules made of what was told. Each
+    takes the position a dump gives it, the handle of the rule before it (0 for the first). No
+    digest: the next dump is compared rule by rule."""
+    rules: Tuple[KernelRule, ...]
+    if known is not None and len(known.rules) == len(told) and all(
+        old.family == family and userdata == old.userdata and _same_but_counts(expressions, old)
+        for (_, _, _, _, expressions, userdata), old in zip(told, known.rules)
+    ):
+        for old, (_, _, handle, _, _, _) in zip(known.rules, told):
+            _set_handle(old, handle)
+        rules = known.rules
+    else:
+        rules = tuple(_kernel_rule(family, *fields) for fields in told)
+    before = 0
+    for rule in rules:
+        _set_position(rule, before)
+        before = rule.handle
+    return KnownRules(b'', rules)
 
 
 def parse_set(family: int, attrs: bytes) -> KernelSet:

@@ -17,6 +17,11 @@ Two layers, as in :mod:`.netlink`:
 Anything the log cannot vouch for (the socket's buffer overflowed, a generation is missing, a
 message it cannot read, a message type it does not know) makes the answer "unknown", and the
 caller reads everything again, as it would without notifications.
+
+A rule notification carries the whole rule, as a dump gives it. For the chains the caller holds
+(``follow``), the log keeps them: where a transaction rewrote such a chain whole and the positions
+the kernel gave prove the new rules' order (:class:`Rewrite`), the rules told are the chain's, and
+it need not be dumped (kube-proxy rewrites its big chains so at every sync).
 """
 from __future__ import annotations
 
@@ -25,10 +30,23 @@ import select
 import socket
 import struct
 import time
-from dataclasses import dataclass
-from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple, Union
+from dataclasses import dataclass, field
+from typing import AbstractSet, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from .netlink import NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFT_CHAIN_BINDING, NFTA_CHAIN_FLAGS, SO_RCVBUFFORCE, SOL_NETLINK, family_name
+from .netlink import (
+    NETLINK_NETFILTER,
+    NFNL_SUBSYS_NFTABLES,
+    NFT_CHAIN_BINDING,
+    NFTA_CHAIN_FLAGS,
+    SO_RCVBUFFORCE,
+    SOL_NETLINK,
+    NetlinkError,
+    RuleFields,
+    family_name,
+    name_cache,
+    rule_fields,
+    rule_handle,
+)
 from .nf_tables import ChainKey, ChainNames, MalformedAttributes, attributes, be32, string
 
 NFNLGRP_NFTABLES = 7
@@ -38,6 +56,7 @@ NETLINK_ADD_MEMBERSHIP = 1
 _TABLE_MESSAGES = frozenset({0, 2, 26})  # NEWTABLE, DELTABLE, DESTROYTABLE
 _CHAIN_MESSAGES = frozenset({3, 5, 27})  # NEWCHAIN, DELCHAIN, DESTROYCHAIN
 _RULE_MESSAGES = frozenset({6, 8, 28})  # NEWRULE, DELRULE, DESTROYRULE
+NFT_MSG_NEWRULE = 6
 # NEWSET, DELSET, NEWSETELEM, DELSETELEM, NEWOBJ, DELOBJ, NEWFLOWTABLE, DELFLOWTABLE and their DESTROY forms.
 _OTHER_STRUCTURE = frozenset({9, 11, 12, 14, 18, 20, 22, 24, 29, 30, 31, 32})
 NFT_MSG_NEWCHAIN = 3
@@ -77,6 +96,60 @@ def is_after(generation: int, other: int) -> bool:
 
 
 @dataclass(frozen=True)
+class Rewrite:
+    """One transaction's rule notifications about one chain, where they prove its rules in order:
+    the handles of the rules deleted, and the rules added, which are then the chain's rules (as
+    ``iptables-restore --noflush`` rewrites a chain, and kube-proxy its big chains at every sync).
+
+    Why the order is proven: the kernel links a transaction's new rules into the chain when each is
+    asked for and unlinks its deleted ones as it commits, in order, announcing each rule as it goes
+    with the handle of the rule then before it (NFTA_RULE_POSITION), or none for the first and the
+    last. So where each rule told after the first names the one told before it, the rules told are
+    next to one another in that order; where the first names none, it is the first (it is not the
+    last: the second follows it), and the last, where it names none, is the last. The chain holds
+    them, and only them, once every rule it had is deleted. Anything else (an insertion, a rule
+    deleted in the middle, two rules that both name none) is left to a dump."""
+
+    deleted: FrozenSet[int]
+    rules: Tuple[RuleFields, ...]  # as told (:func:`.netlink.rule_fields`): handle [2], position [3]
+
+
+class _Told:
+    """One chain's rule notifications in the transaction being received."""
+
+    __slots__ = ('deleted', 'rules', 'handles', 'broken')
+
+    def __init__(self) -> None:
+        self.deleted: Set[int] = set()
+        self.rules: List[RuleFields] = []
+        self.handles: Set[int] = set()
+        self.broken = False  # a handle told twice, or a rule deleted after it was told added
+
+    def delete(self, handle: int) -> None:
+        self.broken = self.broken or handle in self.handles or handle in self.deleted
+        self.deleted.add(handle)
+
+    def add(self, rule: RuleFields) -> None:
+        handle = rule[2]
+        self.broken = self.broken or handle in self.handles
+        self.handles.add(handle)
+        self.rules.append(rule)
+
+    def rewrite(self) -> Optional[Rewrite]:
+        rules = self.rules
+        if self.broken or (rules and rules[0][3] != 0):
+            return None
+        last = len(rules) - 1
+        for index in range(1, len(rules)):
+            position = rules[index][3]
+            # The last may name none only where a rule between names the first: of two rules told
+            # with no position, either may be the first.
+            if position != rules[index - 1][2] and not (index == last and position == 0 and last >= 2):
+                return None
+        return Rewrite(frozenset(self.deleted), tuple(rules))
+
+
+@dataclass(frozen=True)
 class Changes:
     """What one or more transactions changed: the chains whose rules changed, the tables added or
     deleted (all their chains count as changed), whether regular chains were added or deleted, and
@@ -90,6 +163,9 @@ class Changes:
     made: FrozenSet[Tuple[str, str, int]] = frozenset()  # (family, table, handle) of each regular chain's NEWCHAIN
     added: FrozenSet[ChainKey] = frozenset()  # the regular chains of those NEWCHAINs
     bound: bool = False  # one of them is bound to a rule (it goes with the rule, unannounced)
+    # Chains followed (:class:`ChangeLog`'s ``follow``) -> each transaction's :class:`Rewrite` of it,
+    # where every transaction that changed it rewrote it so.
+    rewrites: Mapping[ChainKey, Tuple[Rewrite, ...]] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def rules_only(self) -> bool:
@@ -110,7 +186,38 @@ class Changes:
             self.made | other.made,
             self.added | other.added,
             self.bound or other.bound,
+            self._merged_rewrites(other),
         )
+
+    def _merged_rewrites(self, other: Changes) -> Mapping[ChainKey, Tuple[Rewrite, ...]]:
+        """The rewrites of the chains that each of the two changed only by rewriting them."""
+        if not self.rewrites and not other.rewrites:
+            return self.rewrites
+        merged = {key: told for key, told in self.rewrites.items() if key not in other.chains}
+        for key, told in other.rewrites.items():
+            if key not in self.chains:
+                merged[key] = told
+            elif key in self.rewrites:
+                merged[key] = self.rewrites[key] + told
+        return merged
+
+    def rewrite_of(self, key: ChainKey, handles: Sequence[int]) -> Optional[Tuple[RuleFields, ...]]:
+        """The rules of chain ``key`` once these changes are made, where the notifications told them
+        in full: each transaction that changed it rewrote it (:class:`Rewrite`), deleting every rule
+        it had, starting from the rules of ``handles``. None where they do not prove it: its table or
+        the chain itself made or deleted; a rule changed another way; a chain made under two names
+        (a rule told jumping to it under the first prints the second) or bound to a rule."""
+        told = self.rewrites.get(key)
+        if told is None or (key[0], key[1]) in self.tables or key in self.added or key in self.deleted:
+            return None
+        if self.bound or len(self.added) != len(self.made):
+            return None
+        had = frozenset(handles)
+        for rewrite in told:
+            if rewrite.deleted != had:
+                return None
+            had = frozenset(rule[2] for rule in rewrite.rules)
+        return told[-1].rules
 
     def chain_index_after(
         self, names: ChainNames, newest: Mapping[Tuple[str, str], int], tables: AbstractSet[Tuple[str, str]]
@@ -156,6 +263,7 @@ class _Transaction:
         self.chains: Set[ChainKey] = set()
         self.tables: Set[Tuple[str, str]] = set()
         self._rule_chains: Set[Tuple[int, Tuple[bytes, bytes]]] = set()  # (nfgenmsg family, raw table and chain names)
+        self.told: Dict[ChainKey, _Told] = {}  # the rule notifications of the chains followed
         self.deleted: Set[ChainKey] = set()
         self.made: Set[Tuple[str, str, int]] = set()
         self.added: Set[ChainKey] = set()
@@ -166,6 +274,16 @@ class _Transaction:
     def add_rule_chain(self, family: int, raw: Tuple[bytes, bytes]) -> None:
         """A rule of a chain (its raw table and chain names) was added or deleted."""
         self._rule_chains.add((family, raw))
+
+    def told_about(self, family: int, raw: Tuple[bytes, bytes], follow: Callable[[ChainKey], bool]) -> Optional[_Told]:
+        """Where the rule notifications of the chain named ``raw`` go, if it is followed."""
+        key = (family_name(family), string(raw[0]), string(raw[1]))
+        if not follow(key):
+            return None
+        found = self.told.get(key)
+        if found is None:
+            found = self.told[key] = _Told()
+        return found
 
     def add(self, kind: int, family: str, attrs: bytes) -> None:
         if kind in _CHAIN_MESSAGES:
@@ -206,7 +324,12 @@ class _Transaction:
             frozenset(self.made),
             frozenset(self.added),
             self.bound,
+            {key: (rewrite,) for key, rewrite in ((key, told.rewrite()) for key, told in self.told.items()) if rewrite is not None},
         )
+
+
+def _follow_none(key: ChainKey) -> bool:
+    return False
 
 
 def _name(found: dict, kind: int) -> str:  # type: ignore[type-arg]
@@ -225,12 +348,16 @@ class ChangeLog:
     """The transactions announced since the log was started (or last could not vouch for them), by
     generation id, in the order the kernel committed them."""
 
-    def __init__(self) -> None:
+    def __init__(self, follow: Callable[[ChainKey], bool] = _follow_none) -> None:
         self._committed: List[Tuple[int, Changes]] = []
         self._open = _Transaction()
         # The nfgenmsg family and the first two attributes (table, chain) of the last rule notification
-        # read into the open transaction.
+        # read into the open transaction, and where that chain's rule notifications go (None: it is not followed).
         self._same_chain: Optional[Tuple[int, bytes]] = None
+        self._told: Optional[_Told] = None
+        # The chains whose rule notifications are kept, to tell their rules (:meth:`Changes.rewrite_of`).
+        self.follow = follow
+        self._names = name_cache()
         self._trusted_after: Optional[int] = None  # after a loss: only transactions after this count
         self.lost = False
         self.losses = 0  # how many times notifications were lost: a read counts from the number it started at
@@ -239,7 +366,7 @@ class ChangeLog:
         """One received datagram of notifications."""
         try:
             self._feed(data)
-        except (_Unreadable, MalformedAttributes, KeyError, struct.error):
+        except (_Unreadable, MalformedAttributes, NetlinkError, KeyError, struct.error):
             self.overflowed()
 
     def _feed(self, data: bytes) -> None:
@@ -264,6 +391,13 @@ class ChangeLog:
                     raw, after = _rule_chain(data, start, end)
                     self._open.add_rule_chain(family, raw)
                     self._same_chain = (family, data[start:after]) if after else None
+                    self._told = self._open.told_about(family, raw, self.follow)
+                told = self._told
+                if told is not None:
+                    if kind == NFT_MSG_NEWRULE:
+                        told.add(rule_fields(data, start, end, self._names))
+                    else:
+                        told.delete(rule_handle(data, start, end))
             elif kind == NFT_MSG_NEWGEN:
                 self._commit(be32(attributes(data[start:end])[NFTA_GEN_ID]))
             else:
@@ -278,6 +412,7 @@ class ChangeLog:
         self._committed.clear()
         self._open = _Transaction()
         self._same_chain = None
+        self._told = None
 
     def restart(self, generation: int, losses_before: int) -> None:
         """A read consistent at ``generation`` began when :attr:`losses` was ``losses_before``:
@@ -318,6 +453,7 @@ class ChangeLog:
         self._committed.append((generation, self._open.changes()))
         self._open = _Transaction()
         self._same_chain = None
+        self._told = None
 
 
 def _rule_chain(data: bytes, start: int, end: int) -> Tuple[Tuple[bytes, bytes], int]:
@@ -346,11 +482,14 @@ class ChangeWatch:
     opened in the namespace whose ruleset it watches, before the first read; where it cannot be
     opened (no CAP_NET_ADMIN, no netlink), every answer is "unknown"."""
 
-    def __init__(self, smallest: int = SMALLEST_WATCH_RCVBUF, largest: int = LARGEST_WATCH_RCVBUF, wait: float = 0.2) -> None:
+    def __init__(
+        self, smallest: int = SMALLEST_WATCH_RCVBUF, largest: int = LARGEST_WATCH_RCVBUF, wait: float = 0.2, follow: Callable[[ChainKey], bool] = _follow_none
+    ) -> None:
         self.smallest, self.largest = smallest, largest
         self.rcvbuf = smallest
         self.wait = wait  # how long to wait for a transaction whose id was read before its notifications arrived
-        self.log = ChangeLog()
+        self.follow = follow  # the chains whose rules the log keeps (:class:`ChangeLog`)
+        self.log = ChangeLog(follow)
         self._sock: Optional[socket.socket] = None
 
     @property
@@ -374,7 +513,7 @@ class ChangeWatch:
             sock.close()
             return
         self._sock = sock
-        self.log = ChangeLog()
+        self.log = ChangeLog(self.follow)
         self.log.overflowed()  # nothing before the first full read is vouched for
 
     def size_for(self, rules: int) -> None:
@@ -449,4 +588,4 @@ def _set_rcvbuf(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-__all__ = ['Changes', 'ChangeLog', 'ChangeWatch', 'NOTHING_CHANGED', 'NOT_YET', 'UNKNOWN', 'is_after', 'next_generation']
+__all__ = ['Changes', 'ChangeLog', 'Rewrite', 'ChangeWatch', 'NOTHING_CHANGED', 'NOT_YET', 'UNKNOWN', 'is_after', 'next_generation']
