@@ -567,7 +567,7 @@ class ChangeWatch:
         sock = self._sock
         while sock is not None:
             try:
-                data = sock.recv(_RECV_SIZE)
+                data, (sender, _groups) = sock.recvfrom(_RECV_SIZE)
             except BlockingIOError:
                 return
             except OSError as error:
@@ -578,7 +578,8 @@ class ChangeWatch:
                 return
             if not data:
                 return
-            self.log.feed(data)
+            if sender == 0:  # from the kernel (another process with CAP_NET_ADMIN may send here too)
+                self.log.feed(data)
 
 
 def _set_rcvbuf(sock: socket.socket, size: int) -> None:

@@ -451,6 +451,26 @@ def test_the_watch_makes_room_for_a_rewrite_of_the_rules_held(netns):
     watch.close()
 
 
+def test_notifications_not_sent_by_the_kernel_are_ignored(netns):
+    """Another process with CAP_NET_ADMIN can send to the watch's socket: a forged transaction
+    (here, an empty one with the next generation id) must not stand for the kernel's."""
+    watch = ChangeWatch()
+    in_network_namespace('/run/netns/' + netns.name, watch.open)
+    reader = netlink.NetlinkReader()
+    in_network_namespace('/run/netns/' + netns.name, reader.open)
+    before = reader.generation()
+    watch.read_done(before, watch.losses())
+    forger = in_network_namespace('/run/netns/' + netns.name, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_NETFILTER))
+    forger.bind((0, 0))
+    forger.sendto(generation(next_generation(before)), (watch._sock.getsockname()[0], 0))
+    netns.run(['iptables', '-N', 'FORGED'], check=True)
+    changes = watch.changes(before, reader.generation())
+    assert changes is not None and ('ip', 'filter', 'FORGED') in changes.chains
+    forger.close()
+    reader.close()
+    watch.close()
+
+
 def test_a_watch_that_cannot_subscribe_answers_unknown(monkeypatch):
     """Without CAP_NET_ADMIN (or without netlink) there is no watch: every change is read in full."""
     def refused(*args, **kwargs):
@@ -605,7 +625,10 @@ class _FakeSocket:
     def __init__(self):
         self.steps = []  # each: a list of bytes / OSError, given in order until it is used up
 
-    def recv(self, size):
+    def recvfrom(self, size):
+        return self._recv(size), (0, 1 << 6)  # from the kernel, to NFNLGRP_NFTABLES
+
+    def _recv(self, size):
         while self.steps and not self.steps[0]:
             self.steps.pop(0)
             raise BlockingIOError()
