@@ -68,6 +68,9 @@ NFTA_CHAIN_NAME = 3
 NFTA_CHAIN_HOOK = 4
 NFTA_RULE_TABLE = 1
 NFTA_RULE_CHAIN = 2
+NFTA_RULE_HANDLE = 3
+NFTA_RULE_EXPRESSIONS = 4
+NFTA_RULE_POSITION = 6
 NFTA_GEN_ID = 1
 
 _GENERATION_MASK = 0xFFFFFFFF
@@ -117,9 +120,10 @@ class Rewrite:
 class _Told:
     """One chain's rule notifications in the transaction being received."""
 
-    __slots__ = ('deleted', 'rules', 'handles', 'broken')
+    __slots__ = ('table', 'chain', 'deleted', 'rules', 'handles', 'broken')
 
-    def __init__(self) -> None:
+    def __init__(self, table: str, chain: str) -> None:
+        self.table, self.chain = table, chain
         self.deleted: Set[int] = set()
         self.rules: List[RuleFields] = []
         self.handles: Set[int] = set()
@@ -282,7 +286,7 @@ class _Transaction:
             return None
         found = self.told.get(key)
         if found is None:
-            found = self.told[key] = _Told()
+            found = self.told[key] = _Told(key[1], key[2])
         return found
 
     def add(self, kind: int, family: str, attrs: bytes) -> None:
@@ -392,12 +396,15 @@ class ChangeLog:
                     self._open.add_rule_chain(family, raw)
                     self._same_chain = (family, data[start:after]) if after else None
                     self._told = self._open.told_about(family, raw, self.follow)
+                    at = after
+                else:
+                    at = start + len(same[1])
                 told = self._told
                 if told is not None:
                     if kind == NFT_MSG_NEWRULE:
-                        told.add(rule_fields(data, start, end, self._names))
+                        told.add(_told_rule(told, data, at, start, end, self._names))
                     else:
-                        told.delete(rule_handle(data, start, end))
+                        told.delete(_told_handle(data, at, start, end))
             elif kind == NFT_MSG_NEWGEN:
                 self._commit(be32(attributes(data[start:end])[NFTA_GEN_ID]))
             else:
@@ -454,6 +461,37 @@ class ChangeLog:
         self._open = _Transaction()
         self._same_chain = None
         self._told = None
+
+
+_HANDLE_NEXT = struct.pack('=HH', 12, NFTA_RULE_HANDLE)
+_POSITION_NEXT = struct.pack('=HH', 12, NFTA_RULE_POSITION)
+_unpack_be64 = struct.Struct('>Q').unpack_from
+
+
+def _told_handle(data: bytes, at: int, start: int, end: int) -> int:
+    """The handle of the rule notification ``data[start:end]``, whose table and chain end at ``at``
+    (0: not known): the kernel puts the handle next."""
+    if at and at + 12 <= end and data.startswith(_HANDLE_NEXT, at):
+        return int(_unpack_be64(data, at + 4)[0])
+    return rule_handle(data, start, end)
+
+
+def _told_rule(told: _Told, data: bytes, at: int, start: int, end: int, names: Dict[bytes, str]) -> RuleFields:
+    """:func:`.netlink.rule_fields` of the rule notification ``data[start:end]``, whose table and
+    chain end at ``at`` (0: not known), the short way where it is laid out as the kernel writes a
+    rule of ``iptables-restore``: the handle, the position where there is one, the expressions last."""
+    if at and at + 12 <= end and data.startswith(_HANDLE_NEXT, at):
+        handle = int(_unpack_be64(data, at + 4)[0])
+        position = 0
+        at += 12
+        if at + 12 <= end and data.startswith(_POSITION_NEXT, at):
+            position = int(_unpack_be64(data, at + 4)[0])
+            at += 12
+        if at + 4 <= end:
+            length, kind = _NLA.unpack_from(data, at)
+            if kind & 0x3FFF == NFTA_RULE_EXPRESSIONS and length >= 4 and at + ((length + 3) & ~3) == end:
+                return (told.table, told.chain, handle, position, data[at + 4 : at + length], b'')
+    return rule_fields(data, start, end, names)
 
 
 def _rule_chain(data: bytes, start: int, end: int) -> Tuple[Tuple[bytes, bytes], int]:

@@ -156,6 +156,27 @@ def test_a_chain_followed_only_from_a_later_transaction_is_not_told():
     assert told_handles(between(log, 11, 12), [2, 3]) == [4, 5, 6]
 
 
+_EXPRESSIONS = nla(0x8004, b'\x10\x00\x01\x80' + b'x' * 12)
+_LAYOUTS = {
+    'as the kernel writes it': lambda h, p: name(1, 'filter') + name(2, 'KUBE-SERVICES') + nla(3, struct.pack('>Q', h)) + p + _EXPRESSIONS,
+    'with userdata': lambda h, p: name(1, 'filter') + name(2, 'KUBE-SERVICES') + nla(3, struct.pack('>Q', h)) + p + _EXPRESSIONS + nla(7, b'\x00\x03abc'),
+    'handle last': lambda h, p: name(1, 'filter') + name(2, 'KUBE-SERVICES') + p + _EXPRESSIONS + nla(3, struct.pack('>Q', h)),
+    'chain first': lambda h, p: name(2, 'KUBE-SERVICES') + name(1, 'filter') + nla(3, struct.pack('>Q', h)) + p + _EXPRESSIONS,
+}
+
+
+@pytest.mark.parametrize('layout', sorted(_LAYOUTS))
+def test_rules_told_are_read_as_a_dump_reads_them(layout):
+    """The log reads kube-proxy's notifications the short way: whatever the layout, it reads what
+    the dump's reader reads."""
+    build = _LAYOUTS[layout]
+    bodies = [build(7, b''), build(8, nla(6, struct.pack('>Q', 7))), build(9, b'')]
+    log = following(CHAIN)
+    log.feed(rule_told(2, kind=DELRULE) + b''.join(message(NEWRULE, IP, body) for body in bodies) + generation(11))
+    told = between(log, 10, 11).rewrite_of(CHAIN, [2])
+    assert told is not None and list(told) == [netlink.rule_fields(body, 0, len(body), netlink.name_cache()) for body in bodies]
+
+
 # --------------------------------------------------------------------------- a model of the kernel
 
 
