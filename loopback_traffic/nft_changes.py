@@ -30,7 +30,7 @@ import select
 import socket
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AbstractSet, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .netlink import (
@@ -114,7 +114,13 @@ class Rewrite:
     deleted in the middle, two rules that both name none) is left to a dump."""
 
     deleted: FrozenSet[int]
-    rules: Tuple[RuleFields, ...]  # as told (:func:`.netlink.rule_fields`): handle [2], position [3]
+    added: FrozenSet[int]  # the handles of ``rules``
+    # As told (:func:`.netlink.rule_fields`: handle [2], position [3]); None once a later transaction
+    # rewrote the chain again (only the handles are needed to follow it then).
+    rules: Optional[Tuple[RuleFields, ...]]
+
+    def superseded(self) -> Rewrite:
+        return Rewrite(self.deleted, self.added, None) if self.rules is not None else self
 
 
 class _Told:
@@ -150,7 +156,7 @@ class _Told:
             # with no position, either may be the first.
             if position != rules[index - 1][2] and not (index == last and position == 0 and last >= 2):
                 return None
-        return Rewrite(frozenset(self.deleted), tuple(rules))
+        return Rewrite(frozenset(self.deleted), frozenset(self.handles), tuple(rules))
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,8 @@ class Changes:
     made: FrozenSet[Tuple[str, str, int]] = frozenset()  # (family, table, handle) of each regular chain's NEWCHAIN
     added: FrozenSet[ChainKey] = frozenset()  # the regular chains of those NEWCHAINs
     bound: bool = False  # one of them is bound to a rule (it goes with the rule, unannounced)
+    # (family, table, handle, name) of each regular chain's NEWCHAIN: a handle under two names was renamed.
+    made_names: FrozenSet[Tuple[str, str, int, str]] = field(default=frozenset(), compare=False)
     # Chains followed (:class:`ChangeLog`'s ``follow``) -> each transaction's :class:`Rewrite` of it,
     # where every transaction that changed it rewrote it so.
     rewrites: Mapping[ChainKey, Tuple[Rewrite, ...]] = field(default_factory=dict, compare=False, hash=False)
@@ -190,6 +198,7 @@ class Changes:
             self.made | other.made,
             self.added | other.added,
             self.bound or other.bound,
+            self.made_names | other.made_names,
             self._merged_rewrites(other),
         )
 
@@ -214,14 +223,20 @@ class Changes:
         told = self.rewrites.get(key)
         if told is None or (key[0], key[1]) in self.tables or key in self.added or key in self.deleted:
             return None
-        if self.bound or len(self.added) != len(self.made):
+        if self.bound or len({made[:3] for made in self.made_names}) != len(self.made_names):
             return None
         had = frozenset(handles)
         for rewrite in told:
             if rewrite.deleted != had:
                 return None
-            had = frozenset(rule[2] for rule in rewrite.rules)
+            had = rewrite.added
         return told[-1].rules
+
+    def superseded_by(self, rewrites: Mapping[ChainKey, Tuple[Rewrite, ...]]) -> Changes:
+        """These changes, the rules told of the chains that ``rewrites`` rewrite again dropped."""
+        if not any(key in rewrites for key in self.rewrites):
+            return self
+        return replace(self, rewrites={key: tuple(r.superseded() for r in told) if key in rewrites else told for key, told in self.rewrites.items()})
 
     def chain_index_after(
         self, names: ChainNames, newest: Mapping[Tuple[str, str], int], tables: AbstractSet[Tuple[str, str]]
@@ -270,6 +285,7 @@ class _Transaction:
         self.told: Dict[ChainKey, _Told] = {}  # the rule notifications of the chains followed
         self.deleted: Set[ChainKey] = set()
         self.made: Set[Tuple[str, str, int]] = set()
+        self.made_names: Set[Tuple[str, str, int, str]] = set()
         self.added: Set[ChainKey] = set()
         self.bound = False
         self.structure = False
@@ -305,6 +321,7 @@ class _Transaction:
                     if handle is None or len(handle) != 8:
                         raise _Unreadable('a chain notification without its handle')
                     self.made.add((family, key[1], int.from_bytes(handle, 'big')))
+                    self.made_names.add((family, key[1], int.from_bytes(handle, 'big'), key[2]))
                     self.added.add(key)
                     flags = found.get(NFTA_CHAIN_FLAGS, b'')
                     self.bound = self.bound or (len(flags) == 4 and bool(int.from_bytes(flags, 'big') & NFT_CHAIN_BINDING))
@@ -328,6 +345,7 @@ class _Transaction:
             frozenset(self.made),
             frozenset(self.added),
             self.bound,
+            frozenset(self.made_names),
             {key: (rewrite,) for key, rewrite in ((key, told.rewrite()) for key, told in self.told.items()) if rewrite is not None},
         )
 
@@ -457,7 +475,10 @@ class ChangeLog:
         return NOT_YET
 
     def _commit(self, generation: int) -> None:
-        self._committed.append((generation, self._open.changes()))
+        changes = self._open.changes()
+        if changes.rewrites:  # what earlier transactions told of those chains is not needed any more
+            self._committed = [(number, earlier.superseded_by(changes.rewrites)) for number, earlier in self._committed]
+        self._committed.append((generation, changes))
         self._open = _Transaction()
         self._same_chain = None
         self._told = None
@@ -614,10 +635,11 @@ class ChangeWatch:
                     continue
                 self.close()
                 return
+            if sender != 0:  # not from the kernel (another process with CAP_NET_ADMIN may send here)
+                continue
             if not data:
                 return
-            if sender == 0:  # from the kernel (another process with CAP_NET_ADMIN may send here too)
-                self.log.feed(data)
+            self.log.feed(data)
 
 
 def _set_rcvbuf(sock: socket.socket, size: int) -> None:

@@ -131,16 +131,44 @@ def test_rewrites_over_several_transactions_are_told_where_each_one_rewrote_the_
     log = following(CHAIN, OTHER)
     log.feed(kube_proxy_rewrite([2, 3], [4, 5, 6]) + generation(11))
     log.feed(rule_told(40, chain='OTHER') + generation(12))  # another chain only
-    log.feed(kube_proxy_rewrite([4, 5, 6], [7]) + generation(13))
-    log.feed(rule_told(8, 7) + generation(14))  # an insertion
     assert told_handles(between(log, 10, 11), [2, 3]) == [4, 5, 6]
     assert told_handles(between(log, 10, 12), [2, 3]) == [4, 5, 6]
+    log.feed(kube_proxy_rewrite([4, 5, 6], [7]) + generation(13))
+    log.feed(rule_told(8, 7) + generation(14))  # an insertion
     assert told_handles(between(log, 10, 13), [2, 3]) == [7]
     assert told_handles(between(log, 11, 13), [4, 5, 6]) == [7]
     assert told_handles(between(log, 10, 13), [4, 5, 6]) is None  # the first rewrite deleted other rules
     assert told_handles(between(log, 10, 14), [2, 3]) is None
     assert told_handles(between(log, 10, 12), [], OTHER) == [40]  # an empty chain given a rule
     assert told_handles(between(log, 10, 12), [5], OTHER) is None  # a rule added to the one it had
+
+
+def test_only_the_newest_rules_told_of_a_chain_are_kept():
+    """A chain rewritten at every sync, runs failing meanwhile: what was told of it before the last
+    rewrite is not kept (only its handles, to follow the chain); a read of that older generation dumps it."""
+    log = following(CHAIN)
+    log.feed(kube_proxy_rewrite([2, 3], [4, 5, 6]) + generation(11))
+    log.feed(kube_proxy_rewrite([4, 5, 6], [7, 8, 9]) + generation(12))
+    assert told_handles(between(log, 10, 12), [2, 3]) == [7, 8, 9]
+    assert told_handles(between(log, 11, 12), [4, 5, 6]) == [7, 8, 9]
+    assert told_handles(between(log, 10, 11), [2, 3]) is None
+    assert all(rewrite.rules is None for _, changes in log._committed[:1] for rewrite in changes.rewrites[CHAIN])
+
+
+def test_a_chain_made_and_renamed_meanwhile_leaves_the_rules_jumping_to_it_to_a_dump():
+    """A rule prints the name its jump's chain has when it is read: a chain made, jumped to by the
+    rules told, then renamed (and its name given to a new chain) makes them print another name than told."""
+    def chain_made(chain: str, handle: int) -> bytes:
+        return message(NEWCHAIN, IP, name(1, 'filter') + nla(2, struct.pack('>Q', handle)) + name(3, chain))
+
+    log = following(CHAIN)
+    log.feed(chain_made('X', 100) + rule_told(2, kind=DELRULE) + rule_told(7, body=b'jump X\0') + generation(11))
+    log.feed(chain_made('Y', 100) + generation(12))  # iptables -E X Y
+    log.feed(chain_made('X', 101) + generation(13))  # iptables -N X
+    changes = between(log, 10, 13)
+    assert not changes.may_rename({('ip', 'filter'): 50})  # X was made after the last read
+    assert told_handles(changes, [2]) is None
+    assert told_handles(between(log, 10, 11), [2]) == [7]
 
 
 def test_a_chain_followed_only_from_a_later_transaction_is_not_told():
