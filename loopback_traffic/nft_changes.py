@@ -438,6 +438,7 @@ class ChangeLog:
         self._open = _Transaction()
         self._same_chain = None
         self._told = None
+        self._names = name_cache()
 
     def restart(self, generation: int, losses_before: int) -> None:
         """A read consistent at ``generation`` began when :attr:`losses` was ``losses_before``:
@@ -482,6 +483,7 @@ class ChangeLog:
         self._open = _Transaction()
         self._same_chain = None
         self._told = None
+        self._names = name_cache()  # per transaction: kube-proxy names new chains at every sync
 
 
 _HANDLE_NEXT = struct.pack('=HH', 12, NFTA_RULE_HANDLE)

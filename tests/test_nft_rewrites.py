@@ -205,6 +205,17 @@ def test_rules_told_are_read_as_a_dump_reads_them(layout):
     assert told is not None and list(told) == [netlink.rule_fields(body, 0, len(body), netlink.name_cache()) for body in bodies]
 
 
+def test_the_names_read_from_notifications_are_not_kept_beyond_their_transaction():
+    """kube-proxy names new endpoint chains at every sync: what the log decodes of names must not
+    grow with them over the Agent's life."""
+    log = following(*(('ip', 'filter', 'SEP-{}'.format(number)) for number in range(50)))
+    for number in range(50):
+        body = name(1, 'filter') + name(2, 'SEP-{}'.format(number)) + nla(3, struct.pack('>Q', 7)) + _EXPRESSIONS + nla(7, b'\x00\x01x')
+        log.feed(message(NEWRULE, IP, body) + generation(11 + number))  # userdata after the expressions: read the long way
+    assert told_handles(between(log, 10, 60), [], ('ip', 'filter', 'SEP-49')) == [7]
+    assert len(log._names) <= 2
+
+
 # --------------------------------------------------------------------------- a model of the kernel
 
 
