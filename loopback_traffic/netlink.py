@@ -64,7 +64,6 @@ __all__ = [
     'parse_table',
     'parse_chain',
     'parse_rule',
-    'rule_handle',
     'rule_fields',
     'RuleFields',
     'name_cache',
@@ -421,7 +420,7 @@ _set_family, _set_table, _set_chain, _set_handle, _set_position, _set_expression
 
 def _rule_from(family: str, data: bytes, start: int, end: int, names: Dict[bytes, str]) -> KernelRule:
     """The hot loop of a rule dump: the top-level attributes of one NFT_MSG_NEWRULE only."""
-    return _kernel_rule(family, *_rule_fields(data, start, end, names))
+    return _kernel_rule(family, *rule_fields(data, start, end, names))
 
 
 def _kernel_rule(family: str, table: str, chain: str, handle: int, position: int, expressions: bytes, userdata: bytes) -> KernelRule:
@@ -456,7 +455,7 @@ def _take_new_handles(messages: _Messages, rules: Tuple[KernelRule, ...], names:
     handles: List[int] = []
     positions: List[int] = []
     for number, data, start, end, rule in zip(*messages, rules):
-        _, _, handle, position, expressions, userdata = _rule_fields(data, start, end, names)
+        _, _, handle, position, expressions, userdata = rule_fields(data, start, end, names)
         if not _same_but_counts(expressions, rule) or userdata != rule.userdata or family_name(number) != rule.family:
             return False
         handles.append(handle)
@@ -486,13 +485,9 @@ RuleFields = Tuple[str, str, int, int, bytes, bytes]
 
 
 def rule_fields(data: bytes, start: int, end: int, names: Dict[bytes, str]) -> RuleFields:
-    """The fields of the rule message ``data[start:end]`` (its attributes, after nfgenmsg);
-    ``names`` (:func:`name_cache`) caches decoded table and chain names across messages."""
-    return _rule_fields(data, start, end, names)
-
-
-def _rule_fields(data: bytes, start: int, end: int, names: Dict[bytes, str]) -> RuleFields:
-    """(table, chain, handle, position, expressions, userdata) of one NFT_MSG_NEWRULE's attributes."""
+    """(table, chain, handle, position, expressions, userdata) of the rule message ``data[start:end]``
+    (its attributes, after nfgenmsg); ``names`` (:func:`name_cache`) caches decoded table and chain
+    names across messages."""
     table = chain = ''
     handle = position = 0
     expressions = userdata = b''
@@ -533,21 +528,8 @@ def parse_rule(
 
 
 def name_cache() -> Dict[bytes, str]:
-    """A cache of decoded table and chain names for :func:`parse_rule`."""
+    """A cache of decoded table and chain names for :func:`parse_rule` and :func:`rule_fields`."""
     return _Names()
-
-
-def rule_handle(data: bytes, start: int, end: int) -> int:
-    """The NFTA_RULE_HANDLE of the rule message ``data[start:end]`` (its attributes, after nfgenmsg)."""
-    offset = start
-    while offset + 4 <= end:
-        length, kind = _unpack_nla(data, offset)
-        if length < 4 or offset + length > end:
-            break
-        if kind & 0x3FFF == NFTA_RULE_HANDLE and length == 12:
-            return int(_unpack_be64(data, offset + 4)[0])
-        offset += (length + 3) & ~3
-    raise NetlinkError('malformed netlink rule message: no handle')
 
 
 def told_rules(family: str, told: Sequence[RuleFields], known: Optional[KnownRules]) -> KnownRules:

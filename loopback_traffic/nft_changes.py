@@ -37,7 +37,13 @@ from .netlink import (
     NETLINK_NETFILTER,
     NFNL_SUBSYS_NFTABLES,
     NFT_CHAIN_BINDING,
+    NFT_MSG_NEWRULE,
     NFTA_CHAIN_FLAGS,
+    NFTA_RULE_CHAIN,
+    NFTA_RULE_EXPRESSIONS,
+    NFTA_RULE_HANDLE,
+    NFTA_RULE_POSITION,
+    NFTA_RULE_TABLE,
     SO_RCVBUFFORCE,
     SOL_NETLINK,
     NetlinkError,
@@ -45,7 +51,6 @@ from .netlink import (
     family_name,
     name_cache,
     rule_fields,
-    rule_handle,
 )
 from .nf_tables import ChainKey, ChainNames, MalformedAttributes, attributes, be32, string
 
@@ -56,7 +61,6 @@ NETLINK_ADD_MEMBERSHIP = 1
 _TABLE_MESSAGES = frozenset({0, 2, 26})  # NEWTABLE, DELTABLE, DESTROYTABLE
 _CHAIN_MESSAGES = frozenset({3, 5, 27})  # NEWCHAIN, DELCHAIN, DESTROYCHAIN
 _RULE_MESSAGES = frozenset({6, 8, 28})  # NEWRULE, DELRULE, DESTROYRULE
-NFT_MSG_NEWRULE = 6
 # NEWSET, DELSET, NEWSETELEM, DELSETELEM, NEWOBJ, DELOBJ, NEWFLOWTABLE, DELFLOWTABLE and their DESTROY forms.
 _OTHER_STRUCTURE = frozenset({9, 11, 12, 14, 18, 20, 22, 24, 29, 30, 31, 32})
 NFT_MSG_NEWCHAIN = 3
@@ -66,11 +70,6 @@ NFTA_CHAIN_TABLE = 1
 NFTA_CHAIN_HANDLE = 2
 NFTA_CHAIN_NAME = 3
 NFTA_CHAIN_HOOK = 4
-NFTA_RULE_TABLE = 1
-NFTA_RULE_CHAIN = 2
-NFTA_RULE_HANDLE = 3
-NFTA_RULE_EXPRESSIONS = 4
-NFTA_RULE_POSITION = 6
 NFTA_GEN_ID = 1
 
 _GENERATION_MASK = 0xFFFFFFFF
@@ -422,7 +421,7 @@ class ChangeLog:
                     if kind == NFT_MSG_NEWRULE:
                         told.add(_told_rule(told, data, at, start, end, self._names))
                     else:
-                        told.delete(_told_handle(data, at, start, end))
+                        told.delete(_told_handle(data, at, start, end, self._names))
             elif kind == NFT_MSG_NEWGEN:
                 self._commit(be32(attributes(data[start:end])[NFTA_GEN_ID]))
             else:
@@ -491,12 +490,12 @@ _POSITION_NEXT = struct.pack('=HH', 12, NFTA_RULE_POSITION)
 _unpack_be64 = struct.Struct('>Q').unpack_from
 
 
-def _told_handle(data: bytes, at: int, start: int, end: int) -> int:
+def _told_handle(data: bytes, at: int, start: int, end: int, names: Dict[bytes, str]) -> int:
     """The handle of the rule notification ``data[start:end]``, whose table and chain end at ``at``
     (0: not known): the kernel puts the handle next."""
     if at and at + 12 <= end and data.startswith(_HANDLE_NEXT, at):
         return int(_unpack_be64(data, at + 4)[0])
-    return rule_handle(data, start, end)
+    return rule_fields(data, start, end, names)[2]
 
 
 def _told_rule(told: _Told, data: bytes, at: int, start: int, end: int, names: Dict[bytes, str]) -> RuleFields:
