@@ -24,7 +24,10 @@ _STRING_ESCAPES = re.compile(r'(["\\\'])')
 
 
 def _string(value: str) -> str:
-    return value if _BARE_STRING.fullmatch(value) else '"{}"'.format(_STRING_ESCAPES.sub(r'\\\1', value))
+    # xtables leaves "--match" bare too (getopt takes the next word whatever it is); quoted, it
+    # cannot be read as an option.
+    bare = _BARE_STRING.fullmatch(value) and not value.startswith('-')
+    return value if bare else '"{}"'.format(_STRING_ESCAPES.sub(r'\\\1', value))
 
 
 def _option(option: Option) -> List[str]:
