@@ -129,11 +129,14 @@ def _known_conditions(chain: Chain) -> Optional[Callable[[int], Optional[Tuple[K
     return getattr(chain, 'known_conditions', None)
 
 
-def _relation_memo(rules: Sequence[Rule]) -> Optional[Dict[PacketClass, List[Optional[Relation]]]]:
+def _relation_memo(rules: Sequence[Rule]) -> Optional[Dict[Any, Any]]:
     """Where a front-end keeps its rules between evaluations while they are unchanged (``walk_memo``),
-    each rule's relation to each class it was classified for is kept there too."""
+    each rule's relation to each class it was classified for is kept there too, under the class.
+    One dictionary per chain holds all a walk keeps of it, each kind under keys of its own (a
+    Kubernetes node's walk meets thousands of chains: a dictionary per kind would cost more than
+    what they hold)."""
     memo: Optional[Dict[Any, Any]] = getattr(rules, 'walk_memo', None)
-    return memo.setdefault('relations', {}) if memo is not None else None
+    return memo
 
 
 def _relation(rules: Sequence[Rule], index: int, known: Optional[Callable[[int], Optional[Tuple[KnownCondition, ...]]]], packets: PacketClass) -> Relation:
@@ -268,7 +271,11 @@ class _ChainWalker:
         self._first_entry: Dict[str, PacketClass] = {}
 
     def position(self, chain: Chain, index: int, rule: Rule) -> Position:
-        return Position(self.table_name, chain.name, index + 1, rule.text, self.label, rule.line, rule.handle, unknown_sets(rule))
+        text = rule.text
+        if not text:  # decoded for the walk without it
+            text_at = getattr(_rules_to_walk(chain), 'text_at', None)
+            text = text_at(index) if text_at is not None else ''
+        return Position(self.table_name, chain.name, index + 1, text, self.label, rule.line, rule.handle, unknown_sets(rule))
 
     def policy_position(self, chain: Chain) -> Position:
         return Position(self.table_name, chain.name, None, 'policy ' + str(chain.policy), self.label, chain.line)
@@ -318,21 +325,19 @@ class _ChainWalker:
         first = self._first_entry.setdefault(callee.name, packets)
         return packets if first == packets else stateless
 
-    def _memo(self, chain: Chain, kind: str) -> Optional[Dict[Any, Any]]:
+    def _memo(self, chain: Chain) -> Optional[Dict[Any, Any]]:
         """Where the front-end keeps the chain's rules between evaluations while they are unchanged
-        (``walk_memo``): what walks of it found, to be reused where what it depends on is the same.
-        Not while chains not read are collected (their absence is not in what is kept)."""
+        (``walk_memo``): what walks of it found, to be reused where what it depends on is the same,
+        each kind under keys that begin with its name (:func:`_relation_memo`). Not while chains
+        not read are collected (their absence is not in what is kept)."""
         memo: Optional[Dict[Any, Any]] = getattr(_rules_to_walk(chain), 'walk_memo', None)
-        if memo is None or self.missing is not None:
-            return None
-        found: Dict[Any, Any] = memo.setdefault(kind, {})
-        return found
+        return memo if self.missing is None else None
 
     def _scan(self, chain: Chain, entry: PacketClass) -> _Scan:
         """The chain's view for the class: the one an earlier walk of the same rules found, where
         every chain it called was entered with the same class and gave the same view; else scanned."""
-        memo = self._memo(chain, 'views')
-        key = (entry, chain.policy)
+        memo = self._memo(chain)
+        key = ('views', entry, chain.policy)
         if memo is not None and key in memo:
             kept, kept_calls = memo[key]
             if (yield from self._replay(kept_calls)):
@@ -454,11 +459,11 @@ class _ChainWalker:
         return self.summaries[key], self.views[key]
 
     def _root_key(self, root: Chain, entry: PacketClass) -> Tuple[Any, ...]:
-        return (entry, root.policy, self.required, self.label, self.table_name)
+        return ('roots', entry, root.policy, self.required, self.label, self.table_name)
 
     def _kept(self, root: Chain, entry: PacketClass) -> Optional[Tuple[Any, ...]]:
         """What an earlier walker kept of the walk from a base chain (:meth:`_keep`), if anything."""
-        memo = self._memo(root, 'roots')
+        memo = self._memo(root)
         found: Optional[Tuple[Any, ...]] = memo.get(self._root_key(root, entry)) if memo is not None else None
         return found
 
@@ -482,7 +487,7 @@ class _ChainWalker:
         """The walk from a base chain, for a later walker to find again; ``kept``: what it replaces,
         whose pairs of a chain and its rules are taken where they still hold (what outlives a run
         is not made again at each one: Python's full collections follow it)."""
-        memo = self._memo(root, 'roots')
+        memo = self._memo(root)
         content = getattr(self.table.chains, 'content', None)
         if memo is None or content is None:
             return
@@ -528,7 +533,7 @@ class _ChainWalker:
     def _summary_of(self, chain: Chain, packets: PacketClass, view: _View) -> _Summary:
         """The chain's summary: the one kept for the same view, requirement and ruleset where the
         chains it calls have the very summaries they had then; else summarised."""
-        memo = self._memo(chain, 'summaries')
+        memo = self._memo(chain)
         if memo is None:
             return self._summarise(chain, view)
         rules = _rules_to_walk(chain)
@@ -537,7 +542,7 @@ class _ChainWalker:
             for index, entered in enumerate(view.entered)
             if entered is not None
         )
-        key = (packets, chain.policy, self.required, self.label, self.table_name)
+        key = ('summaries', packets, chain.policy, self.required, self.label, self.table_name)
         kept = memo.get(key)
         if kept is not None and kept[0] is view and len(kept[1]) == len(called) and all(_same_summary(a, b) for a, b in zip(kept[1], called)):
             return kept[2]  # type: ignore[no-any-return]
@@ -567,11 +572,11 @@ class _ChainWalker:
         """The summary from this rule on, given the summary from the next rule on (``after``)."""
         target = rule.target
         assert target is not None
-        here = self.position(chain, index, rule)
         if _synproxy(rule):
             # It answers TCP SYNs itself: that part of the class is denied, the rest walks on.
             denied, part = _PART_VERDICT_TARGETS['SYNPROXY']
-            after = _Summary(after.verdict, after.decided_by, after.escapes, _add(after.devs, self.deviation(denied, here, part)))
+            deviation = self.deviation(denied, self.position(chain, index, rule), part)
+            after = _Summary(after.verdict, after.decided_by, after.escapes, _add(after.devs, deviation))
         if entered is not None:
             callee = self.called_chain(rule)
             assert callee is not None
@@ -579,8 +584,10 @@ class _ChainWalker:
         verdict = _VERDICT_TARGETS.get(target.name)
         if verdict is not None:
             if relation is ALL:
-                return _Summary(verdict, here, False, None)
-            return _Summary(after.verdict, after.decided_by, after.escapes, _add(after.devs, self.deviation(verdict, here)))
+                return _Summary(verdict, self.position(chain, index, rule), False, None)
+            if verdict == self.required:  # no deviation: no position to make (nor text to write)
+                return after
+            return _Summary(after.verdict, after.decided_by, after.escapes, _add(after.devs, self.deviation(verdict, self.position(chain, index, rule))))
         if target.name == 'RETURN':
             return self._step_return(chain, relation, after)
         return after  # LOG, MARK, CT, ...: evaluation continues with the next rule

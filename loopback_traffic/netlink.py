@@ -463,7 +463,18 @@ def _take_new_handles(messages: _Messages, rules: Tuple[KernelRule, ...], names:
     for rule, handle, position in zip(rules, handles, positions):
         _set_handle(rule, handle)
         _set_position(rule, position)
+    _share_positions(rules)
     return True
+
+
+def _share_positions(rules: Sequence[KernelRule]) -> None:
+    """A dump gives each rule the position of the handle before it: the same number, held once
+    (two int objects per rule of a Kubernetes node's big chains otherwise)."""
+    before: Optional[KernelRule] = None
+    for rule in rules:
+        if before is not None and rule.position == before.handle:
+            _set_position(rule, before.handle)
+        before = rule
 
 
 def _same_but_counts(expressions: bytes, rule: KernelRule) -> bool:
@@ -818,12 +829,13 @@ class NetlinkReader:
         if known is not None and _take_new_handles(messages, known.rules, names):
             return KnownRules(found, known.rules)
         families: Dict[int, str] = {}
-        rules = []
+        rules: List[KernelRule] = []
         for number, data, start, end in zip(*messages):
             name = families.get(number)
             if name is None:
                 name = families[number] = family_name(number)
             rules.append(_rule_from(name, data, start, end, names))
+        _share_positions(rules)
         return KnownRules(found, tuple(rules))
 
     def all_rules(self, family: Optional[str] = None) -> List[KernelRule]:

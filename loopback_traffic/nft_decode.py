@@ -112,8 +112,9 @@ class DecodeCache:
         return self._of(key[0]).chain(key, raw, decoding)
 
     def decode(self, rule: KernelRule, sets: Mapping[str, KernelSet], family: str, iptables: bool) -> DecodedRule:
+        """The rule as the walk reads it (:func:`decode_rule` with ``walk``)."""
         if _SET_LOOKUP in rule.raw_expressions:
-            return decode_rule(rule, sets, family, iptables=iptables)
+            return decode_rule(rule, sets, family, iptables=iptables, walk=True)
         return self._of(family).decode(rule, sets, family, iptables)
 
     def leading(self, rule: KernelRule, version: int, family: str) -> Optional[Tuple[KnownCondition, ...]]:
@@ -168,7 +169,7 @@ class _FamilyDecodes:
         if found is None:
             found = self._previous.get(key)
             if found is None:
-                found = decode_rule(rule, sets, family, iptables=iptables)
+                found = decode_rule(rule, sets, family, iptables=iptables, walk=True)
             self._current[key] = found
         return _with_handle(found, rule.handle)
 
@@ -307,11 +308,14 @@ class _Decoding:
         self.shortcuts = True
         self.version = _TABLE_VERSIONS.get(family)  # where leading conditions are read (None: nowhere)
 
-    def decode(self, raw: KernelRule) -> DecodedRule:
-        if self.cache is not None:
+    def decode(self, raw: KernelRule, whole: bool = False) -> DecodedRule:
+        """The rule as the walk reads it, or ``whole`` (with its text and comments)."""
+        if whole:
+            decoded = decode_rule(raw, self.sets, self.family, iptables=self.iptables)
+        elif self.cache is not None:
             decoded = self.cache.decode(raw, self.sets, self.family, self.iptables)
         else:
-            decoded = decode_rule(raw, self.sets, self.family, iptables=self.iptables)
+            decoded = decode_rule(raw, self.sets, self.family, iptables=self.iptables, walk=True)
         if _XT_SET not in raw.raw_expressions:
             return decoded
         # The decoded rule names the ipset by its index; what it means is the set's contents now.
@@ -348,7 +352,8 @@ class DecodedChain(Chain):
 
     @cached_property
     def rules(self) -> Tuple[Rule, ...]:
-        return tuple(self.walk_rules)
+        """Every rule whole, with its text and comments, one for one with ``walk_rules``."""
+        return self.walk_rules.whole()
 
     def known_conditions(self, index: int) -> Optional[Tuple[KnownCondition, ...]]:
         """Some conditions of rule ``index`` of ``walk_rules``, known without decoding it (None: none)."""
@@ -364,6 +369,9 @@ class _DecodedRules(Sequence[Rule]):
         self._handles = tuple(raw.handle for raw in raw_rules)  # as the rules had them when decoded
         self._decoding = decoding
         self._items: List[Union[KernelRule, Rule]] = []
+        # Where each item comes from, (raw rule, which of the rules it decodes to), where a verdict
+        # map made several of one; None while the items are the raw rules one for one.
+        self._origins: Optional[List[Tuple[KernelRule, int]]] = None
         self.reusable = True  # False where a rule looks up a set, whose contents may change
         # For the walk's own use, as long as these rules are unchanged (what it knows of them).
         self.walk_memo: Optional[Dict[Any, Any]] = {} if decoding.shortcuts else None
@@ -372,9 +380,16 @@ class _DecodedRules(Sequence[Rule]):
                 self.reusable = False
             if _SET_LOOKUP in raw.raw_expressions:  # a verdict map stands for several rules: decoded now
                 decoded = decoding.decode(raw)
-                self._items.extend(decoded) if isinstance(decoded, tuple) else self._items.append(decoded)
+                made = decoded if isinstance(decoded, tuple) else (decoded,)
+                if self._origins is None and len(made) != 1:
+                    self._origins = [(rule, 0) for rule in raw_rules[: len(self._items)]]
+                self._items.extend(made)
+                if self._origins is not None:
+                    self._origins.extend((raw, part) for part in range(len(made)))
             else:
                 self._items.append(raw)
+                if self._origins is not None:
+                    self._origins.append((raw, 0))
 
     def rehandle(self, raw_rules: Tuple[KernelRule, ...]) -> None:
         """The same rules read again under new handles (:func:`_rewritten_as_they_were`): what was
@@ -395,6 +410,31 @@ class _DecodedRules(Sequence[Rule]):
     def handle_at(self, index: int) -> int:
         # Only rules that look up no set are rehandled; their items are the raw rules', one for one.
         return self._handles[index] if self.reusable else self._items[index].handle
+
+    def text_at(self, index: int) -> str:
+        """The text of rule ``index`` (decoded for the walk without it: made again, for the rules a
+        result names)."""
+        raw, part = self._origin(index)
+        whole = self._decoding.decode(raw, whole=True)
+        return (whole[part] if isinstance(whole, tuple) else whole).text
+
+    def whole(self) -> Tuple[Rule, ...]:
+        """Every rule as :func:`decode_rule` gives it whole, one for one with the items, each with
+        the handle the walk gives it."""
+        found: List[Rule] = []
+        last: Optional[KernelRule] = None
+        whole: DecodedRule = ()
+        for index in range(len(self._items)):
+            raw, part = self._origin(index)
+            if raw is not last:
+                last, whole = raw, self._decoding.decode(raw, whole=True)
+            rule = whole[part] if isinstance(whole, tuple) else whole
+            handle = self.handle_at(index)
+            found.append(rule if rule.handle == handle else replace(rule, handle=handle))
+        return tuple(found)
+
+    def _origin(self, index: int) -> Tuple[KernelRule, int]:
+        return (self.raw[index], 0) if self._origins is None else self._origins[index]
 
     def known_conditions(self, index: int) -> Optional[Tuple[KnownCondition, ...]]:
         item = self._items[index]
@@ -691,11 +731,14 @@ class _Parts:
 
 
 class _RuleDecoder:
-    def __init__(self, rule: KernelRule, sets: Mapping[str, KernelSet], table_family: str, iptables: bool) -> None:
+    def __init__(self, rule: KernelRule, sets: Mapping[str, KernelSet], table_family: str, iptables: bool, walk: bool = False) -> None:
         self.rule = rule
         self.sets = sets
         self.table_family = table_family
         self.iptables = iptables
+        # For the walk only: no text, no comments (they match every packet), both made again for
+        # the few rules a result names (:meth:`_DecodedRules.text_at`).
+        self.walk = walk
         self.registers: Dict[int, _Register] = {}
         self.parts = _Parts([], [], [], [])
         self.target: Optional[Target] = None
@@ -754,6 +797,14 @@ class _RuleDecoder:
         if text not in self.parts.problems:
             self.parts.problems.append(text)
 
+    def passed_comment(self) -> None:
+        """A comment match decoded for the walk: a condition every packet meets, left out (what
+        :meth:`condition` would find wrong with its place is still found)."""
+        if self.dead or self.decided():
+            self.dead = True
+        elif self.parts.actions or self.target is not None:
+            self.problem('a statement before a condition')
+
     def undescribed(self, text: str) -> None:
         """A condition the model has no words for: it matches some packets."""
         self.condition(Match('nft', (Option(text),)), text)
@@ -785,7 +836,7 @@ class _RuleDecoder:
             comment = self.rule.comment
         except Exception:  # noqa: BLE001
             self.problem('malformed rule userdata')
-        if comment is not None:
+        if comment is not None and not self.walk:
             self.parts.matches.append(Match('comment', (Option('--comment', (comment,)),)))
             self.parts.words.append('comment "{}"'.format(comment))
         if self.verdict_map is not None:
@@ -798,7 +849,10 @@ class _RuleDecoder:
 
     def build(self, matches: Tuple[Match, ...], target: Optional[Target]) -> Rule:
         chain = self.rule.chain
-        text = rule_text(chain, matches, target) if self.iptables else ' '.join(word for word in self.parts.words if word)
+        if self.walk:
+            text = ''
+        else:
+            text = rule_text(chain, matches, target) if self.iptables else ' '.join(word for word in self.parts.words if word)
         return Rule(chain, matches, target, text=text, handle=self.rule.handle, actions=tuple(self.parts.actions), undecoded='; '.join(self.parts.problems))
 
     def expand_verdict_map(self, value: _Value, kernel_set: KernelSet, inverted: bool) -> DecodedRule:
@@ -1511,6 +1565,9 @@ def _compat_match(decoder: _RuleDecoder, attrs: Attrs) -> None:
     name = string(attrs.get(1, b''))
     revision = be32(attrs[2]) if 2 in attrs else 0
     info = attrs.get(3, b'')
+    if name == 'comment' and decoder.walk:
+        decoder.passed_comment()
+        return
     decoder_function = _COMPAT_MATCHES.get(name)
     if decoder_function is None:
         decoder.condition(Match(name, ()), 'xt match "{}"'.format(name))
@@ -1986,12 +2043,13 @@ _COMPAT_TARGETS: Mapping[str, Callable[[bytes, int, int], List[str]]] = MappingP
 # ----------------------------------------------------------------------------- the API
 
 
-def decode_rule(rule: KernelRule, sets: Mapping[str, KernelSet], table_family: str, *, iptables: bool = False) -> DecodedRule:
+def decode_rule(rule: KernelRule, sets: Mapping[str, KernelSet], table_family: str, *, iptables: bool = False, walk: bool = False) -> DecodedRule:
     """One kernel rule as the model's rule (a verdict map: one rule per element). Never raises:
     what could not be decoded is described in ``undecoded``. ``iptables`` renders the text as
-    iptables-save does (tables iptables-nft created); else the text is nft-like."""
+    iptables-save does (tables iptables-nft created); else the text is nft-like. ``walk``: what
+    the walk reads only, with no text and no comment (the same rule as far as any class goes)."""
     try:
-        return _RuleDecoder(rule, sets, table_family, iptables).decode()
+        return _RuleDecoder(rule, sets, table_family, iptables, walk).decode()
     except Exception as error:  # noqa: BLE001 - the last line of defence: carry, never raise
         return Rule(chain=rule.chain, matches=(Match('nft', (Option('rule (not decoded)'),)),), target=None, handle=rule.handle,
                     text='rule handle {} (not decoded)'.format(rule.handle), undecoded='{}: {}'.format(type(error).__name__, error))

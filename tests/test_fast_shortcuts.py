@@ -50,6 +50,11 @@ def agrees(rule, family='ip'):
     they do."""
     version = 4 if family == 'ip' else 6
     decoded = decode_rule(rule, {}, family, iptables=True)
+    walked = decode_rule(rule, {}, family, iptables=True, walk=True)
+    # What the walk decodes is the rule, but for its text and comments (which match every packet).
+    assert walked.text == '' and walked.matches == tuple(match for match in decoded.matches if match.module != 'comment'), (walked, decoded)
+    assert (walked.chain, walked.target, walked.actions, walked.undecoded, walked.handle) == (
+        decoded.chain, decoded.target, decoded.actions, decoded.undecoded, decoded.handle)
     conditions = leading_conditions(rule.raw_expressions, version)
     known = known_conditions(rule.raw_expressions, version)
     assert known == (tuple(known_of(match, version) for match in conditions) if conditions is not None else None), (known, conditions)
@@ -105,6 +110,21 @@ def test_destination_of_a_service_rule_is_known_before_the_decode():
 ])
 def test_shortcut_conditions(expressions, expected):
     assert agrees(nb.rule(*expressions)) == expected
+
+
+@pytest.mark.parametrize('expressions', [
+    # a comment in its place, before the verdict
+    (nb.payload(NETWORK, 12, 4), nb.cmp(nb.EQ, b'\x7f\x00\x00\x01'), nb.compat_match('comment', 0, b'x'.ljust(256, b'\0')), nb.verdict(nb.DROP)),
+    # a comment after a statement: what is wrong with its place is found by the walk's decode too
+    (nb.compat_target('MARK', 2, bytes(8)), nb.compat_match('comment', 0, b'late'.ljust(256, b'\0')), nb.verdict(nb.ACCEPT)),
+    # a comment after the verdict never runs, in either decode
+    (nb.verdict(nb.DROP), nb.compat_match('comment', 0, b'dead'.ljust(256, b'\0'))),
+    # two comments around a port comparison
+    (nb.compat_match('comment', 0, b'a'.ljust(256, b'\0')), nb.meta(META_L4PROTO), nb.cmp(nb.EQ, b'\x06'), nb.payload(TRANSPORT, 2, 2),
+     nb.cmp(nb.EQ, b'\x00\x16'), nb.compat_match('comment', 0, b'b'.ljust(256, b'\0')), nb.verdict(nb.ACCEPT)),
+])
+def test_the_walks_decode_is_the_rule_but_for_its_text_and_comments(expressions):
+    agrees(nb.rule(*expressions))
 
 
 def test_malformed_expressions_are_left_to_the_decoder():

@@ -552,13 +552,19 @@ def test_the_decode_cache_keeps_a_familys_rules_while_another_family_moves_on(mo
     cache = nft_decode.DecodeCache()
     ip, ip6 = _kernel_of(1, 'ip', (2, 3)), _kernel_of(1, 'ip6', (2, 3))
     for kernel, family in ((ip, 'ip'), (ip6, 'ip6')):
-        assert len(decode_tables(kernel, family, cache)[0].chains['INPUT'].rules) == 2
+        assert len(list(decode_tables(kernel, family, cache)[0].chains['INPUT'].walk_rules)) == 2
     assert decoded == ['ip', 'ip', 'ip6', 'ip6']
     decoded.clear()
     for generation in (2, 3, 4):  # the ip6 walk is decoded again and again; the ip one was kept meanwhile
-        decode_tables(_kernel_of(generation, 'ip6', (2, 3)), 'ip6', cache)[0].chains['INPUT'].rules
+        list(decode_tables(_kernel_of(generation, 'ip6', (2, 3)), 'ip6', cache)[0].chains['INPUT'].walk_rules)
     (table,) = decode_tables(_kernel_of(5, 'ip', (2, 3)), 'ip', cache)
-    assert [rule.text for rule in table.chains['INPUT'].rules] == ['-A INPUT -i lo -j ACCEPT', '-A INPUT -j DROP'] and decoded == []
+    walked = list(table.chains['INPUT'].walk_rules)
+    assert [(rule.matches, rule.target) for rule in walked] == [((builtin('-i', 'lo'),), Target('ACCEPT', kind=STATEMENT)), ((), Target('DROP', kind=STATEMENT))]
+    assert decoded == []
+    # Decoded for the walk: no text; the whole rules (what messages and listings show) have theirs.
+    texts = [table.chains['INPUT'].walk_rules.text_at(index) for index in (0, 1)]
+    assert [rule.text for rule in walked] == ['', ''] and texts == ['-A INPUT -i lo -j ACCEPT', '-A INPUT -j DROP']
+    assert [rule.text for rule in table.chains['INPUT'].rules] == ['-A INPUT -i lo -j ACCEPT', '-A INPUT -j DROP']
 
 
 def test_a_chain_rewritten_as_it_was_is_decoded_once_under_its_new_handles(monkeypatch):
@@ -567,9 +573,9 @@ def test_a_chain_rewritten_as_it_was_is_decoded_once_under_its_new_handles(monke
     cache = nft_decode.DecodeCache()
     first = decode_tables(_kernel_of(1, 'ip', (2, 3)), 'ip', cache)[0].chains['INPUT']
     kept = first.walk_rules
-    assert [rule.handle for rule in first.rules] == [2, 3]
+    assert [rule.handle for rule in kept] == [2, 3]
     monkeypatch.setattr(nft_decode, 'decode_rule', lambda *args, **kwargs: pytest.fail('decoded again'))
     again = decode_tables(_kernel_of(2, 'ip', (7, 8)), 'ip', cache)[0]
     assert again.chains['INPUT'].walk_rules is kept  # what walks kept of it is found again
-    assert [rule.handle for rule in again.chains['INPUT'].rules] == [7, 8]
+    assert [rule.handle for rule in again.chains['INPUT'].walk_rules] == [7, 8]
     assert [nft_decode.current_handle(again, 'INPUT', index) for index in (1, 2, 3)] == [7, 8, None]
