@@ -120,6 +120,10 @@ class DecodeCache:
     def leading(self, rule: KernelRule, version: int, family: str) -> Optional[Tuple[KnownCondition, ...]]:
         return self._of(family).leading(rule, version)
 
+    def first_known(self, rule: KernelRule, version: int, family: str) -> Optional[KnownCondition]:
+        """The first of :meth:`leading`, where it is had without them (:class:`FirstConditions`)."""
+        return self._of(family).first_conditions(version).first(rule.raw_expressions)
+
 
 class _FamilyDecodes:
     """One nf_tables family's part of a :class:`DecodeCache`: this generation's and the last one's."""
@@ -131,6 +135,7 @@ class _FamilyDecodes:
         self._leading: Dict[bytes, Optional[Tuple[KnownCondition, ...]]] = {}
         self._leading_before: Dict[bytes, Optional[Tuple[KnownCondition, ...]]] = {}
         self._version: Optional[int] = None
+        self._first: Optional[FirstConditions] = None  # what layouts say, whatever the generation
         self._chains: Dict[Tuple[str, str, str, bool, bool], '_DecodedRules'] = {}
         self._chains_before: Dict[Tuple[str, str, str, bool, bool], '_DecodedRules'] = {}
         self._vouched: Dict[int, Tuple[Sequence[KernelRule], bool]] = {}  # by the rules' identity (kept alive here)
@@ -174,14 +179,19 @@ class _FamilyDecodes:
         return _with_handle(found, rule.handle)
 
     def leading(self, rule: KernelRule, version: int) -> Optional[Tuple[KnownCondition, ...]]:
-        if version != self._version:  # never for the tables of one family; kept exact if it were
-            self._version, self._leading, self._leading_before = version, {}, {}
+        first = self.first_conditions(version)
         key = rule.raw_expressions
         if key in self._leading:
             return self._leading[key]
-        found = self._leading_before.get(key) if key in self._leading_before else known_conditions(rule.raw_expressions, version)
+        found = self._leading_before.get(key) if key in self._leading_before else first.known(key)
         self._leading[key] = found
         return found
+
+    def first_conditions(self, version: int) -> FirstConditions:
+        if version != self._version or self._first is None:  # never for the tables of one family; kept exact if it were
+            self._version, self._leading, self._leading_before = version, {}, {}
+            self._first = FirstConditions(version)
+        return self._first
 
 
 # How a lookup expression's name appears in NFTA_RULE_EXPRESSIONS.
@@ -331,6 +341,12 @@ class _Decoding:
             return self.cache.leading(raw, self.version, self.family)
         return known_conditions(raw.raw_expressions, self.version)
 
+    def first_known(self, raw: KernelRule) -> Optional[KnownCondition]:
+        """The first of :meth:`leading`, where the cache has it cheaper (None: not had that way)."""
+        if self.version is None or self.cache is None:
+            return None
+        return self.cache.first_known(raw, self.version, self.family)
+
 
 class DecodedChain(Chain):
     """A chain of kernel rules, each decoded when first used (``walk_rules``); ``rules`` decodes
@@ -358,6 +374,10 @@ class DecodedChain(Chain):
     def known_conditions(self, index: int) -> Optional[Tuple[KnownCondition, ...]]:
         """Some conditions of rule ``index`` of ``walk_rules``, known without decoding it (None: none)."""
         return self.walk_rules.known_conditions(index)
+
+    def first_known_condition(self, index: int) -> Optional[KnownCondition]:
+        """The first of :meth:`known_conditions`, where it is had without them (None: not so)."""
+        return self.walk_rules.first_known_condition(index)
 
 
 class _DecodedRules(Sequence[Rule]):
@@ -439,6 +459,10 @@ class _DecodedRules(Sequence[Rule]):
     def known_conditions(self, index: int) -> Optional[Tuple[KnownCondition, ...]]:
         item = self._items[index]
         return self._decoding.leading(item) if isinstance(item, KernelRule) else None
+
+    def first_known_condition(self, index: int) -> Optional[KnownCondition]:
+        item = self._items[index]
+        return self._decoding.first_known(item) if isinstance(item, KernelRule) else None
 
     def _rule(self, index: int) -> Rule:
         item = self._items[index]
@@ -2085,22 +2109,30 @@ def known_conditions(raw: bytes, version: int) -> Optional[Tuple[KnownCondition,
     return _leading(raw, version, _leading_known)
 
 
-def _leading(raw: bytes, version: int, make: Callable[[_Value, bytes, bool], Any]) -> Optional[Tuple[Any, ...]]:
-    expressions = _plain_expressions(raw)
+def _leading(
+    raw: bytes, version: int, make: Callable[[_Value, bytes, bool], Any], located: Optional[List[Tuple[int, _Value, bool]]] = None
+) -> Optional[Tuple[Any, ...]]:
+    """``located``: where the first condition found comes from (the offset of its comparison's
+    element, what it compares, whether negated), when the expressions are laid out plainly."""
+    offsets: Optional[List[int]] = [] if located is not None else None
+    expressions = _plain_expressions(raw, offsets=offsets)
     if expressions is None:
+        offsets = None
         try:
             expressions = [(expression.name, expression.data) for expression in expressions_of(raw)]
         except Exception:  # noqa: BLE001 - the decoder carries such a rule as not decoded
             return None
     held: _Held = {}
     found: List[Any] = []
-    for name, data in expressions:
+    for index, (name, data) in enumerate(expressions):
         if name in _PASSED_OVER:
             continue
         try:
             if name == 'cmp':
                 if any(value is not None for value in held.values()):  # else it compares nothing followed
-                    _follow_cmp(data, held, found, make)
+                    compared = _follow_cmp(data, held, found, make)
+                    if compared is not None and offsets is not None and located is not None and not located and len(found) == 1:
+                        located.append((offsets[index], compared[0], compared[1]))
                 continue
             effect = _effect(name, data, version)
             if effect is None:
@@ -2114,6 +2146,106 @@ def _leading(raw: bytes, version: int, make: Callable[[_Value, bytes, bool], Any
     return tuple(found) or None
 
 
+@dataclass(frozen=True)
+class _FirstLayout:
+    """Rules whose expressions begin with the same bytes up to their first known condition's compared
+    value: what that value is compared as. ``ends``: where the comparison's element ends (the rule
+    is that long at least); ``rest``: where the next element begins."""
+
+    value: _Value
+    negated: bool
+    size: int
+    ends: int
+    rest: int
+    address: Optional[Tuple[str, int, int]]  # a whole address, unmasked: (option, IP version, bits)
+
+
+class FirstConditions:
+    """The first condition :func:`known_conditions` finds in a rule, read without its parse where a
+    rule seen before had the same bytes up to the value compared (kube-proxy's service rules differ
+    in their address only). It is exactly the first of the known conditions (the bytes before the
+    value decide how they are read, and the rest of the rule is checked to be laid out plainly too),
+    so where it says a rule matches none of a class, so would they all."""
+
+    LIMIT = 256  # layouts kept; a ruleset has a few dozen
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self._by_length: Dict[int, Dict[bytes, _FirstLayout]] = {}
+        self._count = 0
+
+    def known(self, raw: bytes) -> Optional[Tuple[KnownCondition, ...]]:
+        """:func:`known_conditions`, learning the layout of the first one's comparison."""
+        located: List[Tuple[int, _Value, bool]] = []
+        found = _leading(raw, self.version, _leading_known, located)
+        if found is not None and located and self._count < self.LIMIT:
+            self._learn(raw, *located[0], found[0])
+        return found
+
+    def first(self, raw: bytes) -> Optional[KnownCondition]:
+        """The first known condition of the rule, where its layout was learnt (None: not known here)."""
+        for length, layouts in self._by_length.items():
+            layout = layouts.get(raw[:length])
+            if layout is not None:
+                break
+        else:
+            return None
+        if layout.ends > len(raw) or _plain_expressions(raw, start=layout.rest) is None:
+            return None
+        data = raw[length : length + layout.size]
+        if layout.address is not None:
+            option, version, bits = layout.address
+            number = int.from_bytes(data, 'big')
+            return (option, layout.negated, version, number, number, bits)
+        condition: Optional[KnownCondition] = _leading_known(layout.value, data, layout.negated)
+        return condition
+
+    def _learn(self, raw: bytes, element: int, value: _Value, negated: bool, condition: KnownCondition) -> None:
+        where = _compared_value(raw, element)
+        if where is None:
+            return
+        start, end, ends, rest = where
+        if _leading_known(value, raw[start:end], negated) != condition:
+            return  # not where the comparison's value was read from
+        field = value.field
+        whole = field.kind == 'address' and value.mask is None and end - start == field.size
+        address = (field.option, field.version, field.size * 8) if whole else None
+        layouts = self._by_length.setdefault(start, {})
+        if raw[:start] not in layouts:
+            layouts[raw[:start]] = _FirstLayout(value, negated, end - start, ends, rest, address)
+            self._count += 1
+
+
+def _compared_value(raw: bytes, element: int) -> Optional[Tuple[int, int, int, int]]:
+    """Where the value a cmp element (at ``element``, laid out plainly) compares lies, when it is the
+    last thing in the element (its NFTA_CMP_DATA last, holding NFTA_DATA_VALUE alone): (start, end,
+    where the element ends, where the next begins)."""
+    length, _kind, name_length, _name_kind = _unpack_two_headers(raw, element)
+    ends = element + length
+    data_at = element + 4 + ((name_length + 3) & ~3)
+    data_length, _data_kind = _unpack_header(raw, data_at)
+    last = _last_attribute(raw, data_at + 4, data_at + data_length)
+    if last is None or last[0] != 3:  # NFTA_CMP_DATA
+        return None
+    value = _last_attribute(raw, last[1] + 4, last[2])
+    if value is None or value[0] != 1 or value[1] != last[1] + 4:  # NFTA_DATA_VALUE, alone
+        return None
+    return value[1] + 4, value[2], ends, element + ((length + 3) & ~3)
+
+
+def _last_attribute(raw: bytes, start: int, end: int) -> Optional[Tuple[int, int, int]]:
+    """(type, offset, end) of the last attribute of ``raw[start:end]``, when it ends exactly there."""
+    found = None
+    offset = start
+    while offset + 4 <= end:
+        length, kind = _unpack_header(raw, offset)
+        if length < 4 or offset + length > end:
+            return None
+        found = (kind & 0x3FFF, offset, offset + length)
+        offset += (length + 3) & ~3
+    return found if found is not None and found[2] == end else None
+
+
 _unpack_header = struct.Struct('=HH').unpack_from
 _unpack_two_headers = struct.Struct('=HHHH').unpack_from  # an element's header and its first attribute's
 # The names the shortcut reads, as the kernel sends them (NUL-terminated).
@@ -2122,13 +2254,14 @@ _PLAIN_NAMES = {(name + '\0').encode(): name for name in ('payload', 'meta', 'bi
 _FOLLOWED_NAMES = frozenset(name for name in _PLAIN_NAMES.values() if name not in _PASSED_OVER)
 
 
-def _plain_expressions(raw: bytes) -> Optional[List[Tuple[str, bytes]]]:
-    """(name, data) of each expression, where every element is laid out as the kernel writes it (a
-    name, then the data, nothing else): what :func:`.nf_tables.expressions_of` gives then, without
-    its dictionaries. A name not read by the shortcut is ''. None for any other layout."""
+def _plain_expressions(raw: bytes, start: int = 0, offsets: Optional[List[int]] = None) -> Optional[List[Tuple[str, bytes]]]:
+    """(name, data) of each expression from ``start`` (an element's offset), where every element is
+    laid out as the kernel writes it (a name, then the data, nothing else): what
+    :func:`.nf_tables.expressions_of` gives then, without its dictionaries. A name not read by the
+    shortcut is ''. None for any other layout. ``offsets`` receives where each element begins."""
     found: List[Tuple[str, bytes]] = []
     append, names, followed = found.append, _PLAIN_NAMES, _FOLLOWED_NAMES
-    offset, end = 0, len(raw)
+    offset, end = start, len(raw)
     while offset + 4 <= end:
         if offset + 8 <= end:
             length, kind, name_length, name_kind = _unpack_two_headers(raw, offset)
@@ -2140,16 +2273,17 @@ def _plain_expressions(raw: bytes) -> Optional[List[Tuple[str, bytes]]]:
         if kind & 0x3FFF == 1:  # NFTA_LIST_ELEM
             if length < 8:  # no room for the name's header
                 return None
-            start = offset + 4
-            data_at = start + ((name_length + 3) & ~3)
+            data_at = offset + 4 + ((name_length + 3) & ~3)
             if name_kind & 0x3FFF != 1 or name_length < 4 or data_at + 4 > after:
                 return None
             data_length, data_kind = _unpack_header(raw, data_at)
             data_end = data_at + data_length
             if data_kind & 0x3FFF != 2 or data_length < 4 or data_end > after or data_at + ((data_length + 3) & ~3) + 4 <= after:
                 return None
-            name = names.get(raw[start + 4 : start + name_length], '')
+            name = names.get(raw[offset + 8 : offset + 4 + name_length], '')
             append((name, raw[data_at + 4 : data_end] if name in followed else b''))
+            if offsets is not None:
+                offsets.append(offset)
         offset += (length + 3) & ~3
     return found
 
@@ -2202,7 +2336,8 @@ def _effect(name: str, data: bytes, version: int) -> Union[_Load, _Bitwise, None
     return None
 
 
-def _follow_cmp(data: bytes, held: _Held, found: List[Any], make: Callable[[_Value, bytes, bool], Any]) -> None:
+def _follow_cmp(data: bytes, held: _Held, found: List[Any], make: Callable[[_Value, bytes, bool], Any]) -> Optional[Tuple[_Value, bool]]:
+    """Adds what the comparison says (what it compares, and whether negated, where it says something)."""
     attrs = attributes(data)
     value = held.get(_slots(_reg(attrs, 1, 'source register'), 1)[0])
     op, compared = be32(attrs[2]), _data_value(attrs[3])
@@ -2210,6 +2345,8 @@ def _follow_cmp(data: bytes, held: _Held, found: List[Any], make: Callable[[_Val
         match = make(value, compared, op == 1)
         if match is not None:
             found.append(match)
+            return value, op == 1
+    return None
 
 
 def _follow_bitwise(bitwise: _Bitwise, held: _Held) -> bool:

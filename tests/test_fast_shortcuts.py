@@ -14,7 +14,7 @@ from datadog_checks.loopback_traffic.classify import NONE, classify, classify_ma
 from datadog_checks.loopback_traffic.evaluator import Source, evaluate
 from datadog_checks.loopback_traffic.model import Match, Option, Ruleset
 from datadog_checks.loopback_traffic.nf_tables import KernelRuleset
-from datadog_checks.loopback_traffic.nft_decode import DecodeCache, decode_rule, decode_tables, known_conditions, leading_conditions
+from datadog_checks.loopback_traffic.nft_decode import DecodeCache, FirstConditions, decode_rule, decode_tables, known_conditions, leading_conditions
 from datadog_checks.loopback_traffic.requirements import IPV4, IPV6, LOOPBACK_NETWORKS, OUTPUT_ACCEPT_LO, REQUIREMENTS, RULES, requirement_named
 
 from . import nft_bytes as nb
@@ -65,7 +65,34 @@ def agrees(rule, family='ip'):
         assert (known is not None and excluded_by_known(known, packets)) == excluded, (conditions, packets)
         if excluded:
             assert classify(decoded, packets) is NONE, (decoded, packets)
+    first_conditions_agree(rule.raw_expressions, version, known)
     return conditions
+
+
+def first_conditions_agree(raw, version, known):
+    """What :class:`FirstConditions` learns of the rule's layout gives the first known condition of
+    the rule, and of the rule with any other value in the place of the one it first compares."""
+    import random
+
+    first = FirstConditions(version)
+    assert first.known(raw) == known
+    assert_first_is_the_first_known(first, raw, version)
+    chosen = random.Random(raw)
+    for length, layouts in first._by_length.items():
+        for prefix, layout in layouts.items():
+            assert raw.startswith(prefix)
+            for _ in range(8):
+                other = raw[:length] + bytes(chosen.randrange(256) for _ in range(layout.size)) + raw[length + layout.size:]
+                found = first.first(other)
+                expected = known_conditions(other, version)
+                assert found is not None and expected is not None and found == expected[0], (other, found, expected)
+    return first
+
+
+def assert_first_is_the_first_known(first, raw, version):
+    found = first.first(raw)
+    expected = known_conditions(raw, version)
+    assert found is None or (expected is not None and found == expected[0]), (raw, found, expected)
 
 
 # ----------------------------------------------------------------------------- byte-built rules
@@ -78,6 +105,15 @@ def test_destination_of_a_service_rule_is_known_before_the_decode():
     assert agrees(rule) == (Match('', (Option('-d', ('10.96.0.1/32',)),)),)
     lo_output = requirement_named(OUTPUT_ACCEPT_LO).packet_class(LOOPBACK_NETWORKS[IPV4])
     assert classify_matches(agrees(rule), lo_output) is NONE
+    # Another service: its destination read from the layout the first one taught, without a parse.
+    first = FirstConditions(4)
+    first.known(rule.raw_expressions)
+    other = nb.rule(nb.meta(META_L4PROTO), nb.cmp(nb.EQ, b'\x06'), nb.payload(NETWORK, 16, 4), nb.cmp(nb.EQ, bytes([10, 96, 7, 9])),
+                    nb.compat_match('comment', 0, b'other'.ljust(256, b'\0')), nb.payload(TRANSPORT, 2, 2), nb.cmp(nb.EQ, b'\x00\x35'),
+                    nb.counter(), nb.verdict(nb.JUMP, 'KUBE-SVC-Y'), chain='KUBE-SERVICES', table='nat')
+    number = int.from_bytes(bytes([10, 96, 7, 9]), 'big')
+    assert first.first(other.raw_expressions) == ('-d', False, 4, number, number, 32) == known_conditions(other.raw_expressions, 4)[0]
+    assert excluded_by_known((first.first(other.raw_expressions),), lo_output)
 
 
 @pytest.mark.parametrize('expressions, expected', [
@@ -135,6 +171,13 @@ def test_malformed_expressions_are_left_to_the_decoder():
         agrees(truncated)
     broken = good.raw_expressions + nb.attr(1, b'\x09\x00\x01\x00xx')  # an element whose name overruns it
     assert leading_conditions(broken, 4) is None
+    # What a layout taught is used only where the whole rule is laid out as plainly.
+    first = first_conditions_agree(good.raw_expressions, 4, known_conditions(good.raw_expressions, 4))
+    assert first.first(good.raw_expressions) is not None and first.first(broken) is None
+    for cut in range(len(good.raw_expressions)):
+        assert_first_is_the_first_known(first, good.raw_expressions[:cut], 4)
+    for tail in (b'\x04\x00\x01\x00', b'\x08\x00\x01\x00\x04\x00\x01\x00', b'\x06\x00\x02\x00ab\0\0', b'\x04\x00', b'\xff\xff\x01\x00'):
+        assert_first_is_the_first_known(first, good.raw_expressions + tail, 4)
 
 
 def test_ipv6_addresses():
