@@ -2190,7 +2190,7 @@ class FirstConditions:
                 break
         else:
             return None
-        if layout.ends > len(raw) or _plain_expressions(raw, start=layout.rest) is None:
+        if layout.ends > len(raw) or _plain_expressions(raw, start=layout.rest, read=False) is None:
             return None
         data = raw[length : length + layout.size]
         if layout.address is not None:
@@ -2254,11 +2254,14 @@ _PLAIN_NAMES = {(name + '\0').encode(): name for name in ('payload', 'meta', 'bi
 _FOLLOWED_NAMES = frozenset(name for name in _PLAIN_NAMES.values() if name not in _PASSED_OVER)
 
 
-def _plain_expressions(raw: bytes, start: int = 0, offsets: Optional[List[int]] = None) -> Optional[List[Tuple[str, bytes]]]:
+def _plain_expressions(
+    raw: bytes, start: int = 0, offsets: Optional[List[int]] = None, read: bool = True
+) -> Optional[List[Tuple[str, bytes]]]:
     """(name, data) of each expression from ``start`` (an element's offset), where every element is
     laid out as the kernel writes it (a name, then the data, nothing else): what
     :func:`.nf_tables.expressions_of` gives then, without its dictionaries. A name not read by the
-    shortcut is ''. None for any other layout. ``offsets`` receives where each element begins."""
+    shortcut is ''. None for any other layout. ``offsets`` receives where each element begins.
+    Without ``read``, only whether the layout is plain: an empty list, or None."""
     found: List[Tuple[str, bytes]] = []
     append, names, followed = found.append, _PLAIN_NAMES, _FOLLOWED_NAMES
     offset, end = start, len(raw)
@@ -2280,8 +2283,9 @@ def _plain_expressions(raw: bytes, start: int = 0, offsets: Optional[List[int]] 
             data_end = data_at + data_length
             if data_kind & 0x3FFF != 2 or data_length < 4 or data_end > after or data_at + ((data_length + 3) & ~3) + 4 <= after:
                 return None
-            name = names.get(raw[offset + 8 : offset + 4 + name_length], '')
-            append((name, raw[data_at + 4 : data_end] if name in followed else b''))
+            if read:
+                name = names.get(raw[offset + 8 : offset + 4 + name_length], '')
+                append((name, raw[data_at + 4 : data_end] if name in followed else b''))
             if offsets is not None:
                 offsets.append(offset)
         offset += (length + 3) & ~3

@@ -241,6 +241,7 @@ def test_plain_layouts_of_every_length_read_as_the_general_parse_reads_them():
     candidates += [raw + tail for tail in (b'\x04\x00\x01\x00', b'\x08\x00\x01\x00\x04\x00\x01\x00', b'\x06\x00\x02\x00ab\0\0', b'\x04\x00')]
     for candidate in candidates:
         plain = _plain_expressions(candidate)
+        assert (_plain_expressions(candidate, read=False) is None) == (plain is None), candidate
         if plain is None:
             continue
         general = [(expression.name, expression.data) for expression in expressions_of(candidate)]
