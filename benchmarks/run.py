@@ -295,20 +295,49 @@ def measure_check_run(instance: dict, repeat: int = 5, tracemalloc_run=False, di
 
 def measure_floor(chains: list, repeat: int) -> dict:
     """The physical floor: a bare netlink dump of the rules of the chains the verdict needed (the
-    ones the check read), every reply received and dropped undecoded."""
+    ones the check read), every reply received and dropped undecoded. Beside it, in the same rounds,
+    the least a first run must add to it in Python, whatever it then does with what it read: the
+    chain listing (every chain of every table, the only way to find the base chains on the hooks)
+    bare, then with each chain message read for its table, name and hook, and the same rule dumps
+    with each rule message split into its attributes (no rule built, decoded or walked)."""
     from datadog_checks.loopback_traffic import netlink
     from datadog_checks.loopback_traffic.nf_tables import FAMILY_NAMES
 
     numbers = {name: number for number, name in FAMILY_NAMES.items()}
-    walls = []
+    requests = [(numbers[family], netlink._attr_string(netlink.NFTA_RULE_TABLE, table) + netlink._attr_string(netlink.NFTA_RULE_CHAIN, chain))
+                for family, table, chain in chains]
+
+    def ignore(*_):
+        return None
+
+    def dumps(reader, handle) -> None:
+        for family, attrs in requests:
+            reader.request(netlink.NFT_MSG_GETRULE, netlink.NFT_MSG_NEWRULE, handle, family=family, attrs=attrs)
+
+    def listing(reader, handle) -> None:
+        reader.request(netlink.NFT_MSG_GETCHAIN, netlink.NFT_MSG_NEWCHAIN, handle)
+
+    def each_chain_read(reader) -> None:
+        names = netlink.name_cache()
+        listing(reader, lambda _family, data, start, end: netlink._chain_identity(data, start, end, names))
+
+    def each_rule_read(reader) -> None:
+        names = netlink.name_cache()
+        dumps(reader, lambda _family, data, start, end: netlink.rule_fields(data, start, end, names))
+
+    ways = {'wall': lambda reader: dumps(reader, ignore), 'listing': lambda reader: listing(reader, ignore),
+            'listing_read': each_chain_read, 'dumps_read': each_rule_read}
+    walls: dict = {name: [] for name in ways}
     for _ in range(max(repeat, 1)):
-        start = time.perf_counter()
-        with netlink.NetlinkReader() as reader:
-            for family, table, chain in chains:
-                attrs = netlink._attr_string(netlink.NFTA_RULE_TABLE, table) + netlink._attr_string(netlink.NFTA_RULE_CHAIN, chain)
-                reader.request(netlink.NFT_MSG_GETRULE, netlink.NFT_MSG_NEWRULE, lambda *_: None, family=numbers[family], attrs=attrs)
-        walls.append(time.perf_counter() - start)
-    return {'wall': statistics.median(walls), 'chains': len(chains)}
+        for name, way in ways.items():  # interleaved: the machine's noise falls on all alike
+            with netlink.NetlinkReader() as reader:
+                start = time.perf_counter()
+                way(reader)
+                walls[name].append(time.perf_counter() - start)
+    found = {name: statistics.median(values) for name, values in walls.items()}
+    # The least a first run costs: the listing with its messages read, the dumps with theirs.
+    found['least'] = found['listing_read'] + found['dumps_read']
+    return {**found, 'chains': len(chains)}
 
 
 # The chains kube-proxy's iptables mode writes in full at every sync, whatever changed (the
@@ -738,8 +767,15 @@ def report(data: dict) -> None:
         rows.append([r['preset'], r['backend'], f'{_ms(extra["first_wall"])} / {_ms(extra["first_cpu"])}', changed, synced,
                      f'{_ms(floor)} ({extra["floor"]["chains"]} chains)' if floor else '-',
                      _multiple(extra['first_wall'], floor),
-                     _multiple(statistics.median(extra['sync_wall']), floor) if extra.get('sync_wall') else '-'])
-    print_table(['preset', 'backend', 'first run', 'changed, unnotified', 'after a sync', 'floor', 'first x', 'sync x'], rows)
+                     _multiple(statistics.median(extra['sync_wall']), floor) if extra.get('sync_wall') else '-',
+                     *(_multiple(extra['floor'][part], floor) if floor and part in extra['floor'] else '-'
+                       for part in ('listing', 'listing_read', 'dumps_read', 'least'))])
+    print_table(['preset', 'backend', 'first run', 'changed, unnotified', 'after a sync', 'floor', 'first x', 'sync x',
+                 'listing x', 'listing read x', 'dumps read x', 'least x'], rows)
+    print('  floor = the rule dumps of the chains the check read, bare; listing = every chain listed, bare; '
+          'listing read / dumps read = the same with each message read for its fields (the least Python can do '
+          'with them); least = listing read + dumps read, the least a first run costs before any rule is built, '
+          'decoded or walked')
     print('  * = the child processes stayed below the measuring process\'s own RSS, so their peak is not '
           'included (see the per-command maxrss of the listing commands)')
     notes = [(r['preset'], r['backend'], w, r[w]['note']) for r in data['results'] for w in ('baseline', 'check')

@@ -826,6 +826,10 @@ class NetlinkReader:
         if known is not None and known.digest == found:
             return known
         names = _Names()
+        # The kernel sends back the table and chain asked for: the rules hold the caller's strings
+        # (on a Kubernetes node, the jump targets the walk read), not one more copy of each.
+        names[table.encode() + b'\0'] = table
+        names[chain.encode() + b'\0'] = chain
         if known is not None and _take_new_handles(messages, known.rules, names):
             return KnownRules(found, known.rules)
         families: Dict[int, str] = {}

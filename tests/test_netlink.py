@@ -445,6 +445,17 @@ def test_a_chain_read_again_with_the_same_bytes_gives_the_same_rules() -> None:
     assert FedReader([other_family]).chain_rules('inet', 'filter', 'input', known=first) is not first
 
 
+def test_a_chains_rules_hold_the_table_and_chain_strings_asked_with() -> None:
+    """The names the kernel sends back are the ones asked for: the rules share the caller's strings
+    (on a Kubernetes node, the jump targets a walk read), and a name sent back otherwise is what it says."""
+    table, chain = ''.join(['fil', 'ter']), ''.join(['in', 'put'])  # not the interned literals
+    rules = FedReader([_rule_with(1) + _rule_with(2) + done()]).chain_rules('inet', table, chain).rules
+    assert all(rule.table is table and rule.chain is chain for rule in rules)
+    other = message(netlink.NFT_MSG_NEWRULE, nla_str(1, 'filter') + nla_str(2, 'output') + nla_be64(3, 7), family=1)
+    rules = FedReader([other + done()]).chain_rules('inet', table, chain).rules
+    assert [(rule.table, rule.chain) for rule in rules] == [('filter', 'output')] and rules[0].table is table
+
+
 def _chain_named(name: str, res_id: int = 0, handle: int = 5) -> bytes:
     return message(netlink.NFT_MSG_NEWCHAIN, nla_str(1, 'filter') + nla_be64(2, handle) + nla_str(3, name), family=1, res_id=res_id)
 
@@ -484,6 +495,23 @@ def test_chain_names_kept_by_table_are_the_set_of_their_keys(keys: set, deleted:
     assert names.within({('ip', 'nat')}) == {key for key in keys if key[:2] == ('ip', 'nat')}
     assert sorted(names.of_table('ip', 'nat')) == sorted(key[2] for key in keys if key[:2] == ('ip', 'nat'))
     assert pickle.loads(pickle.dumps(changed)) == changed
+
+
+@given(st.sets(st.integers(0, 400)), st.sets(st.integers(0, 400)), st.sets(st.integers(0, 400)))
+@settings(max_examples=60, deadline=None)
+def test_chain_names_changed_in_bulk_are_the_set_of_their_keys(names: set, deleted: set, added: set) -> None:
+    """Many chains added and deleted at once (a table's names sorted again, not edited in place)
+    give what the same change to the keys gives; lookups stay exact."""
+    def keys(numbers: set) -> set:
+        return {('ip', 'nat', 'KUBE-SEP-{:04d}'.format(number)) for number in numbers}
+
+    before = nf_tables.ChainNames({('ip', 'nat'): {key[2] for key in keys(names)}, ('ip', 'filter'): {'INPUT'}})
+    after = before.changed(keys(deleted), keys(added))
+    expected = (keys(names) - keys(deleted)) | keys(added) | {('ip', 'filter', 'INPUT')}
+    assert after == expected and len(after) == len(expected)
+    assert all(key in after for key in expected) and not any(key in after for key in keys(deleted - added))
+    assert list(after.of_table('ip', 'nat')) == sorted(key[2] for key in expected if key[1] == 'nat')
+    assert after.of_table('ip', 'filter') is before.of_table('ip', 'filter')  # a table not changed is shared
 
 
 def test_the_chain_index_gives_each_tables_newest_chain_handle() -> None:
