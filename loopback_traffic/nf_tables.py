@@ -353,6 +353,19 @@ class Expression:
     data: bytes
 
 
+RuleOffsets = Tuple[int, Tuple[int, int]]
+# Rules laid out alike have the same offsets (kube-proxy's service rules: one per comment length):
+# held once, not three objects per rule. Bounded, for a ruleset of ever new layouts.
+_OFFSETS_SHARED: Dict[RuleOffsets, RuleOffsets] = {}
+_OFFSETS_SHARED_MAX = 4096
+
+
+def _shared_offsets(offsets: RuleOffsets) -> RuleOffsets:
+    if len(_OFFSETS_SHARED) >= _OFFSETS_SHARED_MAX:
+        return _OFFSETS_SHARED.get(offsets, offsets)
+    return _OFFSETS_SHARED.setdefault(offsets, offsets)
+
+
 @dataclass(frozen=True, slots=True)
 class KernelRule:
     family: str
@@ -366,7 +379,7 @@ class KernelRule:
     userdata: bytes = field(default=b'', repr=False)  # NFTA_RULE_USERDATA (the comment lives there)
     # :func:`counter_offset` and :func:`comment_cut` of ``raw_expressions``, once found (a Kubernetes
     # node holds hundreds of thousands of rules: slots, no dictionary each).
-    _offsets: Optional[Tuple[int, Tuple[int, int]]] = field(default=None, init=False, repr=False, compare=False)
+    _offsets: Optional[RuleOffsets] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def expressions(self) -> Tuple[Expression, ...]:
@@ -374,11 +387,11 @@ class KernelRule:
         return expressions_of(self.raw_expressions)
 
     @property
-    def offsets(self) -> Tuple[int, Tuple[int, int]]:
+    def offsets(self) -> RuleOffsets:
         """:func:`counter_offset` and :func:`comment_cut` of ``raw_expressions``, found once."""
         found = self._offsets
         if found is None:
-            found = (counter_offset(self.raw_expressions), comment_cut(self.raw_expressions))
+            found = _shared_offsets((counter_offset(self.raw_expressions), comment_cut(self.raw_expressions)))
             object.__setattr__(self, '_offsets', found)
         return found
 

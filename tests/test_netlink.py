@@ -330,6 +330,23 @@ def test_a_rule_read_again_is_compared_with_its_compacted_self_without_compactin
     assert kept_rule.raw_expressions == kept and netlink._same_but_counts(read, kept_rule) == (_stored(read) == kept)
 
 
+def test_rules_laid_out_alike_share_their_offsets() -> None:
+    """Two service rules that differ in their comment's text but not its length, and a counter
+    counted differently, have one offsets object; a rule laid out otherwise has its own, and each is
+    what the two functions give for its bytes."""
+    message = nla_str(1, 'nat') + nla_str(2, 'KUBE-SERVICES') + nla_be64(3, 42)
+
+    def read(text: bytes, counts: Tuple[int, int]) -> nf_tables.KernelRule:
+        expressions = _expressions(_ADDRESS, _comment_match(_comment_info(text, b'')), _counted(*counts), _DROP)
+        return netlink.parse_rule(2, message + nla(4, expressions, nested=True))
+
+    one, two, other = read(b'ns/a:http', (1, 2)), read(b'ns/b:http', (7, 9)), read(b'ns/longer-name:http', (0, 0))
+    for rule in (one, two, other):
+        assert rule.offsets == (nf_tables.counter_offset(rule.raw_expressions), nf_tables.comment_cut(rule.raw_expressions))
+    assert one.offsets is two.offsets and one.raw_expressions != two.raw_expressions
+    assert other.offsets != one.offsets and other.offsets is not one.offsets
+
+
 def test_a_comment_match_not_at_the_top_level_or_not_as_the_kernel_writes_it_is_left_as_it_is() -> None:
     short = _comment_info(b'svc', b'')
     inside = nla(1, nla_str(1, 'match') + nla(2, nla_str(1, 'string') + nla_be32(2, 1) + nla(3, _comment_match(short))))
