@@ -490,8 +490,9 @@ class ChainNames(AbstractSet[ChainKey]):
     __slots__ = ('_tables', '_size')
 
     def __init__(self, tables: Optional[Mapping[TableKey, Iterable[str]]] = None) -> None:
-        self._tables: Dict[TableKey, _SortedNames] = {table: _sorted_names(names) for table, names in (tables or {}).items()}
-        self._tables = {table: names for table, names in self._tables.items() if names}
+        self._tables: Dict[TableKey, _SortedNames] = {
+            table: sorted_names for table, names in (tables or {}).items() for sorted_names in (_sorted_names(names),) if sorted_names
+        }
         self._size = sum(len(names) for names in self._tables.values())
 
     @classmethod
